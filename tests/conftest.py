@@ -14,11 +14,11 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory) -> Path:
-    """2 scenes x 4 keyframes, nuScenes 6-camera rig at 400x225, with instance/depth renders."""
+    """2 scenes x 6 keyframes, nuScenes 6-camera rig at 400x225, with instance/depth renders."""
     from bev_mtl.synthetic.generate import GenerateOptions, generate
 
     root = tmp_path_factory.mktemp("synthetic") / "tiny"
-    generate(GenerateOptions(root=root, scenes=2, samples_per_scene=4, image_size=(400, 225), seed=3,
+    generate(GenerateOptions(root=root, scenes=2, samples_per_scene=6, image_size=(400, 225), seed=3,
                              workers=2, debug_renders=True))
     return root
 

@@ -357,8 +357,10 @@ def _depot(sp: _Spawner, town: Town, road: Road, s: float, side: int) -> None:
         sp.add(key, road.point(pos + l / 2, side * (base + 4.5 + rng.uniform(-0.5, 0.5))), heading, 0.0,
                "vehicle.parked", blinker=int(rng.choice(4)) if key != "trailer" else 0)
         pos += l + 1.5
-    for i, key in enumerate(["bicycle", "bicycle", "motorcycle"]):
-        sp.add(key, _sidewalk_point(road, s - 3 + 2.0 * i, side, 0.85), road.heading(1) + side * np.pi / 2, 0.0,
+    # Parked two-wheelers spread along both sidewalks, so passing traffic rarely hides them all.
+    for key, ds, on_side in (("bicycle", -12.0, side), ("motorcycle", -2.0, side), ("bicycle", 8.0, side),
+                             ("bicycle", 3.0, -side), ("motorcycle", -8.0, -side)):
+        sp.add(key, _sidewalk_point(road, s + ds, on_side, 0.85), road.heading(1) + on_side * np.pi / 2, 0.0,
                "cycle.without_rider")
     sp.add("adult", _sidewalk_point(road, s + 4, side, 0.5), rng.uniform(-np.pi, np.pi), 0.0, "pedestrian.standing")
 

@@ -4,6 +4,8 @@ The dataset is assembled in ``.<root name>.tmp-<pid>`` next to ``root`` and rena
 at the very end, so an interrupted run never leaves a dataset that looks complete. A scene is the
 unit of work (its actors move through time); worker processes render whole scenes and return
 their table records. Output is deterministic for a given seed, whatever the worker count.
+Workers are *spawned* (not forked), so a script calling ``generate(workers > 1)`` needs the usual
+``if __name__ == "__main__":`` guard.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ MINI_TRAIN = ["scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-079
 MINI_VAL = ["scene-0103", "scene-0916"]
 SIDECAR_NAME = "bev_mtl_extra.json"
 MARKER_NAME = "bev_mtl_synthetic.json"
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -121,7 +124,17 @@ def generate(opts: GenerateOptions, progress: Callable[[int], None] | None = Non
                 results.append(scene_job(i))
                 progress and progress(results[-1]["samples"])
         else:
-            with mp.get_context("fork").Pool(opts.workers, initializer=init_worker, initargs=(ctx,)) as pool:
+            # spawn, not fork: a forked child deadlocks if the parent already used OpenCV's or
+            # OpenBLAS' thread pools (as a test process that rendered something has).
+            # One BLAS thread per worker: the small matrix products only lose time to a 2nd thread.
+            saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+            os.environ.update({k: "1" for k in _THREAD_VARS})
+            try:
+                pool = mp.get_context("spawn").Pool(opts.workers, initializer=init_worker, initargs=(ctx,))
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            with pool:
                 for r in pool.imap_unordered(scene_job, range(opts.scenes)):
                     results.append(r)
                     progress and progress(r["samples"])

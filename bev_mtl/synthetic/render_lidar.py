@@ -1,10 +1,14 @@
 """Spinning-LiDAR simulation for the synthetic world: one sweep of rays from the sensor origin
-against the ground plane and the box parts of ``raycast`` (the same geometry the camera draws).
+against the ground plane and the boxes (plain boxes, or their ``parts`` in detailed mode: the
+same geometry the camera draws in the same mode), cast by ``raycast``. Boxes are culled per
+part by the azimuth / elevation span of their bounding cylinder before any ray is tested.
 
 Label consistency: a box return is placed 1 cm *inside* the surface along the ray (less when
 the ray leaves the box sooner, near edges), so the devkit's ``points_in_box`` counts it even
-after float round-off; ground returns lie exactly on z = 0 (in the global frame, up to float32
-rounding of the LiDAR-frame coordinates).
+after float round-off. Ground returns lie on z = 0 (global frame, up to float32 rounding of
+the LiDAR-frame coordinates), except ground seen under a box footprint (detailed mode: under a
+car body, between legs), which would sit exactly on the box's bottom face: those are moved
+1 cm below ground along the ray so that no box claims them.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bev_mtl.synthetic import parts as pt
 from bev_mtl.synthetic import raycast as rc
 from bev_mtl.synthetic.world import BoxPrim, GroundRaster, LidarConfig, Material
 
@@ -25,8 +30,8 @@ _GROUND_INTENSITY[[Material.GRASS, Material.ROAD, Material.SIDEWALK, Material.CU
     9, 6, 18, 26, 95, 75, 95, 95, 10, 85, 14]
 _KIND_INTENSITY = {"traffic_cone": 110.0, "barrier": 90.0, "pole": 30.0, "traffic_light": 28.0,
                    "building": 24.0}
-_PART_INTENSITY = {rc.WHEEL: 4.0, rc.CABIN: 8.0, rc.HEAD: 10.0, rc.TORSO: 14.0, rc.LEG: 10.0,
-                   rc.ARM: 12.0, rc.FRAME: 20.0, rc.HANDLEBAR: 15.0, rc.BAR: 60.0, rc.JOINT: 8.0}
+_PART_INTENSITY = {pt.WHEEL: 4.0, pt.CABIN: 8.0, pt.HEAD: 10.0, pt.TORSO: 14.0, pt.LEG: 10.0,
+                   pt.ARM: 12.0, pt.FRAME: 20.0, pt.HANDLEBAR: 15.0, pt.BAR: 60.0, pt.JOINT: 8.0}
 _beam_cache: dict[tuple, np.ndarray] = {}
 
 
@@ -44,7 +49,7 @@ def beam_directions(config: LidarConfig) -> np.ndarray:
     return _beam_cache[key]
 
 
-def _candidates(prims: rc.Prims, lidar_T_world: np.ndarray, config: LidarConfig
+def _candidates(prims: pt.Prims, lidar_T_world: np.ndarray, config: LidarConfig
                 ) -> list[np.ndarray | None]:
     """Per part, the ray indices that can hit it: the beams inside the azimuth span and the
     elevation span of the part's bounding cylinder (about the LiDAR z axis)."""
@@ -80,7 +85,7 @@ def _candidates(prims: rc.Prims, lidar_T_world: np.ndarray, config: LidarConfig
     return out
 
 
-def _box_intensity(boxes: Sequence[BoxPrim], prims: rc.Prims, pi: np.ndarray,
+def _box_intensity(boxes: Sequence[BoxPrim], prims: pt.Prims, pi: np.ndarray,
                    local: np.ndarray, face: np.ndarray) -> np.ndarray:
     """[M] base intensity of box returns (part index pi, part-frame point local, face)."""
     base = np.empty(len(prims), np.float32)
@@ -88,13 +93,13 @@ def _box_intensity(boxes: Sequence[BoxPrim], prims: rc.Prims, pi: np.ndarray,
         b = boxes[prims.parent[i]]
         part = int(prims.part[i])
         base[i] = _PART_INTENSITY.get(part, _KIND_INTENSITY.get(
-            b.kind, 30.0 if b.kind in rc.VEHICLE_KINDS else 16.0))
+            b.kind, 30.0 if b.kind in pt.VEHICLE_KINDS else 16.0))
     val = base[pi]
     p = local + prims.offset[pi]  # box frame
     hb = np.array([0.5 * float(boxes[j].size[2]) for j in prims.parent])[pi]
     z = p[:, 2] + hb  # height above the box bottom
     hl = np.array([0.5 * float(boxes[j].size[0]) for j in prims.parent])[pi]
-    veh = np.array([boxes[j].kind in rc.VEHICLE_KINDS for j in prims.parent])[pi]
+    veh = np.array([boxes[j].kind in pt.VEHICLE_KINDS for j in prims.parent])[pi]
     ends = (face < 2) & (np.abs(p[:, 0]) > hl - 0.03)
     plate = veh & ends & (np.abs(p[:, 1]) < 0.26) & (z > 0.26) & (z < 0.5)  # number plates
     lamps = veh & ends & ~plate & (z > 0.5) & (z < 0.78)  # lamp band: reflectors
@@ -106,20 +111,31 @@ def _box_intensity(boxes: Sequence[BoxPrim], prims: rc.Prims, pi: np.ndarray,
     return val
 
 
-def _under_boxes(xy: np.ndarray, boxes: Sequence[BoxPrim], prims: rc.Prims) -> np.ndarray:
+def _box_arrays(boxes: Sequence[BoxPrim]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres [B, 3], half extents [B, 3] and yaws [B] of the boxes."""
+    centre = np.array([np.asarray(b.center, np.float64) for b in boxes]).reshape(-1, 3)
+    half = 0.5 * np.array([np.asarray(b.size, np.float64) for b in boxes]).reshape(-1, 3)
+    return centre, half, np.array([float(b.yaw) for b in boxes])
+
+
+def _under_boxes(xy: np.ndarray, boxes: Sequence[BoxPrim], prims: pt.Prims) -> np.ndarray:
     """[M] bool: ground points xy [M, 2] inside (or within 1 mm of) the footprint of a box
     that reaches down to the ground (only boxes that have parts, i.e. not the ego box)."""
     out = np.zeros(len(xy), bool)
+    order = np.argsort(xy[:, 0])
+    xs = xy[order, 0]
+    centre, half, yaw = _box_arrays(boxes)
+    half = half + 1e-3
     for j in np.unique(prims.parent):
-        b = boxes[j]
-        half = 0.5 * np.asarray(b.size, np.float64) + 1e-3
-        if b.center[2] - half[2] > 0.0 or b.center[2] + half[2] < 0.0:
-            continue
-        d = xy - np.asarray(b.center[:2], np.float64)
-        near = np.nonzero(np.abs(d[:, 0]) + np.abs(d[:, 1]) <= 1.5 * (half[0] + half[1]))[0]
-        c, s = np.cos(b.yaw), np.sin(b.yaw)
-        dx, dy = d[near, 0], d[near, 1]
-        out[near[(np.abs(c * dx + s * dy) <= half[0]) & (np.abs(c * dy - s * dx) <= half[1])]] = True
+        if centre[j, 2] - half[j, 2] > 0.0 or centre[j, 2] + half[j, 2] < 0.0:
+            continue  # the box does not reach down to z = 0
+        rad = np.hypot(half[j, 0], half[j, 1])
+        near = order[np.searchsorted(xs, centre[j, 0] - rad):
+                     np.searchsorted(xs, centre[j, 0] + rad, side="right")]
+        c, s = np.cos(yaw[j]), np.sin(yaw[j])
+        dx, dy = xy[near, 0] - centre[j, 0], xy[near, 1] - centre[j, 1]
+        inside = (np.abs(c * dx + s * dy) <= half[j, 0]) & (np.abs(c * dy - s * dx) <= half[j, 1])
+        out[near[inside]] = True
     return out
 
 
@@ -141,7 +157,7 @@ def cast_lidar(ground: GroundRaster, boxes: Sequence[BoxPrim], world_T_lidar: np
     local = np.zeros((n, 3))
     face = np.zeros(n, np.int64)
     if len(boxes):
-        prims = rc.expand_parts(boxes, detailed, sensor=o)
+        prims = pt.expand_parts(boxes, detailed, sensor=o)
         cand = _candidates(prims, np.linalg.inv(world_T_lidar), config)
         hits = rc.cast_rays(o, d_w, prims, cand)
         box = hits.t < t
@@ -157,7 +173,9 @@ def cast_lidar(ground: GroundRaster, boxes: Sequence[BoxPrim], world_T_lidar: np
         # 1 cm into the box along the ray, or half way to where the ray leaves the *box* if
         # that is nearer (hits close to an edge), so the point is always strictly inside.
         bi = idx[is_box]
-        exit_t = rc.box_exit(o, d_w[bi], [boxes[j] for j in prims.parent[which[is_box]]])
+        centre, half, yaw = _box_arrays(boxes)
+        par = prims.parent[which[is_box]]
+        exit_t = rc.box_exit(o, d_w[bi], centre[par], half[par], yaw[par])
         r[is_box] += np.minimum(INSIDE_OFFSET, 0.5 * (exit_t - t[is_box]))
     g = ~is_box
     if g.any() and len(boxes):

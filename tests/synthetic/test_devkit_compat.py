@@ -10,7 +10,7 @@ import pytest
 
 def test_tables_load_and_link(tiny_nusc, tiny_synthetic):
     nusc = tiny_nusc
-    assert len(nusc.scene) == 2 and len(nusc.sample) == 8
+    assert len(nusc.scene) == 2 and len(nusc.sample) == 12
     assert {s["name"] for s in nusc.scene} == {"scene-0061", "scene-0103"}  # mini_train + mini_val names
     for sample in nusc.sample:
         assert set(sample["data"]) == {"CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",

@@ -8,6 +8,7 @@ from nuscenes.utils.data_classes import Box
 from nuscenes.utils.geometry_utils import points_in_box
 from pyquaternion import Quaternion
 
+from bev_mtl.synthetic import parts as pt
 from bev_mtl.synthetic import raycast as rc
 from bev_mtl.synthetic import render_lidar
 from bev_mtl.synthetic.render_lidar import cast_lidar
@@ -185,11 +186,11 @@ def test_cast_rays_matches_reference_slab():
     boxes = [BoxPrim(r.uniform(-20, 20, 3), r.uniform(0.3, 6, 3), r.uniform(-3, 3), "barrier")
              for _ in range(25)]
     o = np.array([0.5, -0.3, 1.0])
-    boxes = [b for b in boxes if not rc.contains(b, o)]
+    boxes = [b for b in boxes if not pt.contains(b, o)]
     d = r.normal(size=(20000, 3))
     d[:50] = [1, 0, 0]  # axis-aligned directions exercise the zero components
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    hits = rc.cast_rays(o, d, rc.expand_parts(boxes, detailed=False))
+    hits = rc.cast_rays(o, d, pt.expand_parts(boxes, detailed=False))
     t_ref, which_ref = _reference_hits(o, d, boxes)
     assert np.array_equal(hits.prim, which_ref)
     ok = np.isfinite(t_ref)
