@@ -6,11 +6,15 @@
 
 writes a synthetic driving world in the exact nuScenes on-disk format (13 tables, map
 expansion, camera JPEGs, LiDAR sweeps, splits.json and the bev_mtl_extra.json sidecar).
+
+    python tools/create_data.py nuscenes --root data/nuscenes --version v1.0-trainval
+
+writes one checked info file per split (bev_mtl_infos_<split>.pkl) for any nuScenes-format
+root, the synthetic world included.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -50,6 +54,42 @@ def _add_synthetic(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_nuscenes(sub) -> None:
+    p = sub.add_parser(
+        "nuscenes", help="write info files for a nuScenes-format root",
+        description="Write bev_mtl_infos_<split>.pkl per split for a nuScenes-format dataroot (real nuScenes or "
+                    "the synthetic world): poses, cameras, boxes in the global frame, attributes, sidecar labels. "
+                    "Splits come from <root>/<version>/splits.json if present, else the devkit's splits for the "
+                    "version. Every sample is checked (cameras, image files, calibration, box sizes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--root", type=Path, required=True, help="nuScenes-format dataroot")
+    p.add_argument("--version", default=None, help="table folder, e.g. v1.0-trainval (default: the only v1.0-* folder)")
+    p.add_argument("--extra", type=Path, default=None,
+                   help="sidecar label file (default: <root>/<version>/bev_mtl_extra.json if present)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: --root)")
+    p.add_argument("--skip-bad", action="store_true", help="skip samples that fail the checks (counted) instead of failing")
+    p.add_argument("--no-image-check", action="store_true", help="do not open image files (faster on slow disks)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_nuscenes(args: argparse.Namespace) -> int:
+    from bev_mtl.data.nusc_infos import create_infos
+
+    version = args.version
+    if version is None:
+        found = sorted(p.name for p in args.root.glob("v1.0-*") if p.is_dir()) if args.root.is_dir() else []
+        if len(found) != 1:
+            raise ValueError(f"{args.root}: pass --version (found table folders: {found or 'none'})")
+        version = found[0]
+    res = create_infos(args.root, version, args.out, args.extra, check_images=not args.no_image_check,
+                       skip_bad=args.skip_bad, progress=not args.no_progress)
+    for split, (path, n, skipped) in res.items():
+        print(f"{split}: {n} samples -> {path}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+        for reason in skipped[:10]:
+            print(f"  skipped: {reason}")
+    return 0
+
+
 def run_synthetic(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -79,11 +119,12 @@ def run_synthetic(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="create_data.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{synthetic}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{synthetic,nuscenes}")
     _add_synthetic(sub)
+    _add_nuscenes(sub)
     args = parser.parse_args(argv)
     try:
-        return run_synthetic(args)
+        return run_synthetic(args) if args.command == "synthetic" else run_nuscenes(args)
     except (ValueError, OSError) as e:
         print(f"create_data.py: error: {e}", file=sys.stderr)
         return 2

@@ -169,7 +169,9 @@ def plan_scene(town: Town, rng: np.random.Generator, duration: float, reach: flo
     # Every scene passes a construction zone on one side and a depot on the other, so that
     # all ten detection classes appear near the ego in every scene (small splits stay complete).
     mid = s_start + direction * travel / 2
-    side = int(rng.choice([-1, 1]))
+    # Works on the ego's right (no oncoming lanes between, so tall traffic hides them less: cones and
+    # barriers count only within 30 m in the nuScenes metric), depot across the road.
+    side = -direction
     _construction_zone(sp, town, road, mid + rng.uniform(-12, 12), side=side)
     _depot(sp, town, road, mid + rng.uniform(-12, 12), side=-side)
     lights = _lights(town, rng, road, s_lo, s_hi)
@@ -335,9 +337,9 @@ def _construction_zone(sp: _Spawner, town: Town, road: Road, s: float, side: int
 
 def _free_spot(town: Town, road: Road, s: float, lat: float, half_len: float) -> float | None:
     """Slide along the road until [s - half_len, s + half_len] at `lat` is open grass."""
-    for shift in (0, 15, -15, 30, -30, 45, -45):
+    for shift in np.ravel(np.column_stack([np.arange(0, 80, 7.5), -np.arange(0, 80, 7.5)])):
         if all(town.material_at(road.point(s + shift + ds, lat)) == Material.GRASS for ds in (-half_len, 0, half_len)):
-            return s + shift
+            return float(s + shift)
     return None
 
 
@@ -345,9 +347,13 @@ def _depot(sp: _Spawner, town: Town, road: Road, s: float, side: int) -> None:
     """A yard behind the sidewalk: parked truck, trailer and bus, bicycles and a motorbike."""
     rng = sp.rng
     base = road.half_width + CURB_WIDTH + SIDEWALK_WIDTH
-    s = _free_spot(town, road, s, side * (base + 5.0), 14.0)
-    if s is None:
+    spot = _free_spot(town, road, s, side * (base + 5.0), 14.0)
+    if spot is None:  # no room on this side (junctions, car parks): try the other one
+        side = -side
+        spot = _free_spot(town, road, s, side * (base + 5.0), 14.0)
+    if spot is None:
         return
+    s = spot
     heading = road.heading(int(rng.choice([-1, 1])))
     order = ["truck", "trailer", "bus"]
     rng.shuffle(order)

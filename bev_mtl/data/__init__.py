@@ -1,0 +1,1 @@
+"""Data layer: info files, readers, multi-view dataset, BEV map targets, augmentation."""

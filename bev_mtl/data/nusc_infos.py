@@ -1,0 +1,261 @@
+"""Info files for any nuScenes-format root (real nuScenes or our synthetic world).
+
+``create_infos`` walks the devkit tables once and writes one pickle per split,
+``<out>/bev_mtl_infos_<split>.pkl`` = ``{"metainfo": {...}, "data_list": [dict, ...]}`` where each
+dict is a ``SampleInfo`` (see ``sample.py``) in plain-dict form. ``metainfo`` holds
+``format == "bev_mtl_infos"`` and ``info_version``; ``load_infos`` refuses anything else with an
+error naming the file and the field (a wrong info version silently shifts every box otherwise).
+
+Every keyframe is checked on creation: all configured cameras present, image files present and
+complete (JPEG end marker), finite and invertible intrinsics, rigid extrinsics, boxes with
+positive size. A failure raises ``DataError`` naming the sample token, the camera and the file;
+``skip_bad=True`` drops such samples instead and reports them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from pyquaternion import Quaternion
+
+from .geometry import make_T
+from .sample import Boxes, CameraInfo, SampleInfo, TrafficLights
+
+INFO_FORMAT = "bev_mtl_infos"
+INFO_VERSION = 1
+SIDECAR_NAME = "bev_mtl_extra.json"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the sample, camera and file."""
+
+
+def _pose(rec: dict) -> np.ndarray:
+    return make_T(Quaternion(rec["rotation"]).rotation_matrix, rec["translation"])
+
+
+def check_image_file(path: str, where: str) -> None:
+    """Exists and is a complete JPEG/PNG (a truncated JPEG lacks its end-of-image marker)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{where}: image file not found: {path}")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, size - 2))
+        tail = f.read(2)
+    if head[:2] == b"\xff\xd8":
+        if tail != b"\xff\xd9":
+            raise DataError(f"{where}: truncated or corrupt JPEG (no end-of-image marker): {path}")
+    elif not head.startswith(b"\x89PNG"):
+        raise DataError(f"{where}: not a JPEG or PNG image: {path}")
+
+
+def check_camera(cam: CameraInfo, where: str) -> None:
+    k = np.asarray(cam.pix_T_cam, np.float64)
+    if k.shape != (3, 3) or not np.all(np.isfinite(k)) or abs(np.linalg.det(k)) < 1e-6:
+        raise DataError(f"{where}: intrinsics (pix_T_cam) must be a finite, invertible 3x3 matrix, got {k.tolist()}")
+    for name, t in (("ego_T_cam", cam.ego_T_cam), ("global_T_ego", cam.global_T_ego)):
+        t = np.asarray(t, np.float64)
+        r = t[:3, :3]
+        if not np.all(np.isfinite(t)) or np.abs(r @ r.T - np.eye(3)).max() > 1e-4:
+            raise DataError(f"{where}: {name} is not a finite rigid transform")
+
+
+def check_sample(s: SampleInfo, channels: list[str], check_images: bool = True) -> None:
+    have = [c.channel for c in s.cameras]
+    missing = [c for c in channels if c not in have]
+    if missing:
+        raise DataError(f"sample {s.token}: camera(s) {missing} missing (have {have})")
+    for cam in s.cameras:
+        where = f"sample {s.token} {cam.channel}"
+        check_camera(cam, where)
+        if check_images:
+            check_image_file(cam.image_path, where)
+    b = s.boxes
+    bad = np.flatnonzero(~np.all(np.isfinite(b.lwh), 1) | np.any(b.lwh <= 0, 1) | ~np.all(np.isfinite(b.center), 1))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"sample {s.token}: box {b.token[i] or i} has non-positive or non-finite size/centre "
+                        f"(lwh={b.lwh[i].tolist()}, centre={b.center[i].tolist()})")
+
+
+def _load_sidecar(path: Path | None) -> dict:
+    if path is None or not Path(path).is_file():
+        return {}
+    extra = json.loads(Path(path).read_text())
+    if extra.get("format") != "bev_mtl_extra":
+        raise DataError(f"{path}: field 'format' must be 'bev_mtl_extra', got {extra.get('format')!r}")
+    return extra
+
+
+def sample_from_tables(nusc, sample: dict, extra: dict) -> SampleInfo:
+    """One keyframe from the devkit tables (+ sidecar labels)."""
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    root = Path(nusc.dataroot)
+    scene = nusc.get("scene", sample["scene_token"])
+    log = nusc.get("log", scene["log_token"])
+    lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+    cams = []
+    for ch, tok in sample["data"].items():
+        sd = nusc.get("sample_data", tok)
+        if sd["sensor_modality"] != "camera":
+            continue
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        k = np.asarray(cs["camera_intrinsic"], np.float64)
+        cams.append(CameraInfo(ch, str(root / sd["filename"]), k, _pose(cs),
+                               _pose(nusc.get("ego_pose", sd["ego_pose_token"])), int(sd["timestamp"]),
+                               (int(sd["width"]), int(sd["height"]))))
+    anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
+    ann_extra = extra.get("annotations", {})
+    boxes = Boxes(
+        center=np.array([a["translation"] for a in anns], np.float64).reshape(-1, 3),
+        lwh=np.array([[a["size"][1], a["size"][0], a["size"][2]] for a in anns], np.float64).reshape(-1, 3),
+        yaw=np.array([Quaternion(a["rotation"]).yaw_pitch_roll[0] for a in anns], np.float64),
+        velocity=np.array([nusc.box_velocity(a["token"])[:2] for a in anns], np.float64).reshape(-1, 2),
+        category=[a["category_name"] for a in anns],
+        detection_name=[category_to_detection_name(a["category_name"]) or "" for a in anns],
+        attribute=[nusc.get("attribute", a["attribute_tokens"][0])["name"] if a["attribute_tokens"] else ""
+                   for a in anns],
+        num_lidar_pts=np.array([a["num_lidar_pts"] for a in anns], np.int64),
+        visibility=np.array([int(a["visibility_token"] or 0) for a in anns], np.int64),
+        token=[a["token"] for a in anns],
+        blinker=[ann_extra.get(a["token"], {}).get("blinker") for a in anns])
+    lights = None
+    if sample["token"] in extra.get("traffic_lights", {}):
+        recs = extra["traffic_lights"][sample["token"]]
+        lights = TrafficLights(
+            boxes=Boxes(center=np.array([r["translation"] for r in recs], np.float64).reshape(-1, 3),
+                        lwh=np.array([[r["size"][1], r["size"][0], r["size"][2]] for r in recs]).reshape(-1, 3),
+                        yaw=np.array([Quaternion(r["rotation"]).yaw_pitch_roll[0] for r in recs]),
+                        velocity=np.zeros((len(recs), 2)), category=["traffic_light"] * len(recs),
+                        token=[r.get("token", "") for r in recs]),
+            state=[r["state"] for r in recs],
+            visibility=np.array([r.get("visibility", np.nan) for r in recs], np.float64))
+    return SampleInfo(token=sample["token"], scene_token=scene["token"], scene_name=scene["name"],
+                      timestamp=int(sample["timestamp"]), location=log["location"],
+                      global_T_ego=_pose(nusc.get("ego_pose", lidar["ego_pose_token"])),
+                      lidar_path=str(root / lidar["filename"]),
+                      ego_T_lidar=_pose(nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])),
+                      cameras=cams, boxes=boxes, traffic_lights=lights,
+                      labelled={"det": True, "map": True, "blinker": bool(ann_extra), "light": lights is not None})
+
+
+def default_splits(nusc) -> dict[str, list[str]]:
+    """splits.json of the root if present (synthetic sets, custom splits), else the devkit's."""
+    custom = Path(nusc.dataroot) / nusc.version / "splits.json"
+    if custom.is_file():
+        return json.loads(custom.read_text())
+    from nuscenes.utils.splits import create_splits_scenes
+
+    s = create_splits_scenes()
+    if nusc.version.endswith("mini"):
+        return {"mini_train": s["mini_train"], "mini_val": s["mini_val"]}
+    if nusc.version.endswith("test"):
+        return {"test": s["test"]}
+    return {"train": s["train"], "val": s["val"]}
+
+
+def build_infos(nusc, scene_names: list[str], channels: list[str] | None = None, extra: dict | None = None,
+                check_images: bool = True, skip_bad: bool = False, progress: bool = False
+                ) -> tuple[list[SampleInfo], list[str]]:
+    """SampleInfos of every keyframe of the given scenes, checked; returns (samples, skipped reasons)."""
+    from tqdm import tqdm
+
+    wanted = set(scene_names)
+    todo = [s for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in wanted]
+    out, skipped = [], []
+    for rec in tqdm(todo, desc="infos", unit="sample", disable=not progress):
+        try:
+            s = sample_from_tables(nusc, rec, extra or {})
+            check_sample(s, channels or [c.channel for c in s.cameras], check_images)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        out.append(s)
+    return out, skipped
+
+
+def _to_plain(s: SampleInfo) -> dict:
+    return asdict(s)
+
+
+def _from_plain(d: dict) -> SampleInfo:
+    d = dict(d)
+    d["cameras"] = [CameraInfo(**c) for c in d["cameras"]]
+    d["boxes"] = Boxes(**d["boxes"])
+    if d.get("traffic_lights") is not None:
+        tl = dict(d["traffic_lights"])
+        tl["boxes"] = Boxes(**tl["boxes"])
+        d["traffic_lights"] = TrafficLights(**tl)
+    return SampleInfo(**d)
+
+
+def save_infos(path: Path, samples: list[SampleInfo], meta: dict) -> None:
+    """Atomic write: a reader never sees a half-written info file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"metainfo": {"format": INFO_FORMAT, "info_version": INFO_VERSION, **meta},
+            "data_list": [_to_plain(s) for s in samples]}
+    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_infos(path: str | os.PathLike) -> tuple[dict, list[SampleInfo]]:
+    """(metainfo, samples) of a bev_mtl info file; clear errors for other formats/versions."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"info file not found: {path}")
+    with open(path, "rb") as f:
+        try:
+            data = pickle.load(f)
+        except Exception as e:  # truncated / not a pickle
+            raise DataError(f"{path}: not a readable info file ({type(e).__name__}: {e})") from None
+    meta = data.get("metainfo", {}) if isinstance(data, dict) else {}
+    if meta.get("format") != INFO_FORMAT:
+        hint = " (an mmdetection3d info file? read it with bev_mtl.data.mmdet3d_infos)" if "data_list" in data else ""
+        raise DataError(f"{path}: metainfo.format is {meta.get('format')!r}, expected {INFO_FORMAT!r}{hint}")
+    if meta.get("info_version") != INFO_VERSION:
+        raise DataError(f"{path}: metainfo.info_version is {meta.get('info_version')!r}, this code reads "
+                        f"{INFO_VERSION}; re-create it with tools/create_data.py")
+    return meta, [_from_plain(d) for d in data["data_list"]]
+
+
+def create_infos(dataroot: str | os.PathLike, version: str, out_dir: str | os.PathLike | None = None,
+                 extra_path: str | os.PathLike | None = None, splits: dict[str, list[str]] | None = None,
+                 check_images: bool = True, skip_bad: bool = False, progress: bool = True) -> dict:
+    """Write ``bev_mtl_infos_<split>.pkl`` per split; returns {split: (path, n_samples, skipped)}."""
+    from nuscenes.nuscenes import NuScenes
+
+    root = Path(dataroot)
+    if not (root / version).is_dir():
+        raise DataError(f"{root}: no table folder '{version}' (expected {root / version})")
+    nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    extra = _load_sidecar(Path(extra_path) if extra_path else root / version / SIDECAR_NAME)
+    splits = splits or default_splits(nusc)
+    # Every camera of the sensor table must be in every keyframe (the rig, not one sample, decides).
+    channels = [s["channel"] for s in nusc.sensor if s["modality"] == "camera"]
+    out_dir = Path(out_dir or root)
+    result = {}
+    for split, scenes in splits.items():
+        samples, skipped = build_infos(nusc, scenes, channels, extra, check_images, skip_bad, progress)
+        path = out_dir / f"bev_mtl_infos_{split}.pkl"
+        save_infos(path, samples, {"dataroot": str(root.resolve()), "version": version, "split": split,
+                                   "cameras": channels, "has_extra": bool(extra), "skipped": skipped})
+        result[split] = (path, len(samples), skipped)
+    return result
