@@ -166,7 +166,8 @@ def scene_job(i: int) -> dict:
         pts.astype(np.float32).tofile(out / fname)
         data["LIDAR_TOP"] = add_sd("LIDAR_TOP", k, ts, True, fname, ego_xy, yaw, "pcd")["token"]
         hit_ids = set(hit[hit >= 0].tolist())
-        pts_world = pts[:, :3].astype(np.float64) @ world_T_lidar(ego_xy, yaw)[:3, :3].T + world_T_lidar(ego_xy, yaw)[:3, 3]
+        w_T_l = world_T_lidar(ego_xy, yaw)
+        pts_world = pts[:, :3].astype(np.float64) @ w_T_l[:3, :3].T + w_T_l[:3, 3]  # [P, 3]
         views = []
         for cam in rig.cameras:
             world_T_cam = world_T_ego @ cam.ego_T_cam
