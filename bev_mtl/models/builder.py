@@ -1,0 +1,145 @@
+"""Build a ``BEVMultiTaskModel`` from a plain nested dict (YAML/JSON-friendly)::
+
+    {"num_cameras": 6, "input_size": [352, 128],                      # (W, H)
+     "image_encoder": {"trunk": "resnet18", "out_channels": 64, "out_stride": 16},
+     "view_transform": {"out_channels": 64,
+                        "grid": {"x_range": [-25.6, 25.6], "y_range": [-25.6, 25.6], "resolution": 0.4},
+                        "depth_bins": {"start": 4.0, "stop": 45.0, "step": 1.0}},
+     "bev_encoder": {"channels": [64, 128, 256], "out_channels": 64},
+     "heads": {"det": {"shared_channels": 64, "score_threshold": 0.1},
+               "map": {"classes": ["drivable_area", ...],
+                       "grid": {"x_range": [-25.6, 25.6], "y_range": [-25.6, 25.6], "resolution": 0.4}}},
+     "use_depth_supervision": true, "depth_weight": 3.0}
+
+Every section's keys are the constructor arguments of its module (``in_channels`` and grids are
+wired here), so an unknown key is a ``ValueError`` naming it, never a silently ignored typo.
+A head entry is built by ``HEADS[name]`` or, with ``"type"``, by that registry name or an import
+path ``"package.module:Class"`` (a new head needs no edit of this file).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from torch import nn
+
+from bev_mtl.models.bev_encoder import BEVEncoder
+from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel, DetTask, MapTask
+from bev_mtl.models.det_head import CenterHead
+from bev_mtl.models.image_encoder import ImageEncoder
+from bev_mtl.models.map_head import MapHead
+from bev_mtl.models.view_transform import BEVGrid, DepthBins, LiftSplat
+
+__all__ = ["HEADS", "build_model", "register_head"]
+
+# head name -> class built as cls(in_channels=..., feature_grid=BEVGrid, **entry)
+HEADS: dict[str, Callable[..., nn.Module]] = {"det": DetTask, "map": MapTask}
+
+_TOP_KEYS = ("num_cameras", "input_size", "image_encoder", "view_transform", "bev_encoder", "heads",
+             "use_depth_supervision", "depth_weight", "loss_weights")
+_REQUIRED = ("num_cameras", "input_size", "image_encoder", "view_transform", "bev_encoder", "heads")
+
+
+def register_head(name: str) -> Callable[[type], type]:
+    """Class decorator: ``@register_head("occ")`` makes ``heads: {"occ": {...}}`` build that class."""
+    def deco(cls: type) -> type:
+        if name in HEADS and HEADS[name] is not cls:
+            raise ValueError(f"head {name!r} is already registered to {HEADS[name].__name__}")
+        HEADS[name] = cls
+        return cls
+    return deco
+
+
+def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...] | set[str], where: str) -> None:
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{where} must be a dict, got {type(cfg).__name__}")
+    for key in cfg:
+        if key not in allowed:
+            raise ValueError(f"unknown key {where}.{key!r}; allowed: {sorted(allowed)}")
+
+
+def _named(cls: Callable[..., Any], exclude: tuple[str, ...] = ()) -> set[str]:
+    """Named (keyword-passable) constructor arguments of ``cls``."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n for n, p in inspect.signature(cls).parameters.items() if p.kind in kinds and n not in exclude}
+
+
+def _init_keys(cls: Callable[..., Any], exclude: tuple[str, ...] = ()) -> set[str] | None:
+    """Named constructor arguments of ``cls``; None if it also takes **kwargs (checked elsewhere)."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return _named(cls, exclude)
+
+
+def _kwargs(cls: Callable[..., Any], cfg: Mapping[str, Any], where: str, exclude: tuple[str, ...] = ()) -> dict:
+    keys = _init_keys(cls, exclude)
+    if keys is not None:
+        _check_keys(cfg, keys, where)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}  # lists from YAML -> tuples
+
+
+def _grid(cfg: Mapping[str, Any], where: str) -> BEVGrid:
+    return BEVGrid(**_kwargs(BEVGrid, cfg, where))
+
+
+def _head_class(name: str, entry: Mapping[str, Any]) -> Callable[..., nn.Module]:
+    kind = entry.get("type", name)
+    if kind in HEADS:
+        return HEADS[kind]
+    if ":" in kind:
+        module, _, attr = kind.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise ValueError(f"unknown head {kind!r} (heads.{name}); registered: {sorted(HEADS)}, or give "
+                     f"'type': 'package.module:Class'")
+
+
+def _build_head(name: str, entry: Mapping[str, Any], in_channels: int, grid: BEVGrid) -> nn.Module:
+    cls = _head_class(name, entry)
+    cfg = {k: v for k, v in entry.items() if k != "type"}
+    where = f"heads.{name}"
+    if cls is DetTask:
+        # DetTask forwards **kwargs to CenterHead: check against both signatures
+        _check_keys(cfg, _named(DetTask, ("in_channels", "feature_grid"))
+                    | _named(CenterHead, ("in_channels", "grid")), where)
+    elif cls is MapTask:
+        _check_keys(cfg, _named(MapTask, ("in_channels", "feature_grid"))
+                    | _named(MapHead, ("in_channels", "classes", "feature_grid", "target_grid")), where)
+    kwargs = _kwargs(cls, cfg, where, ("in_channels", "feature_grid"))
+    if isinstance(kwargs.get("grid"), Mapping):  # a head's own output grid (e.g. the map-target grid)
+        kwargs["grid"] = _grid(kwargs["grid"], f"{where}.grid")
+    return cls(in_channels=in_channels, feature_grid=grid, **kwargs)
+
+
+def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
+    """``BEVMultiTaskModel`` from a nested dict (module docstring); ValueError names unknown keys."""
+    _check_keys(cfg, _TOP_KEYS, "model")
+    for key in _REQUIRED:
+        if key not in cfg:
+            raise ValueError(f"model config lacks {key!r}")
+    W, H = (int(v) for v in cfg["input_size"])
+
+    enc_cfg = _kwargs(ImageEncoder, cfg["image_encoder"], "image_encoder")
+    image_encoder = ImageEncoder(**enc_cfg)
+
+    vt = dict(cfg["view_transform"])
+    _check_keys(vt, ("out_channels", "grid", "depth_bins", "head_kernel"), "view_transform")
+    grid = _grid(vt.get("grid", {}), "view_transform.grid")
+    bins = DepthBins(**_kwargs(DepthBins, vt.get("depth_bins", {}), "view_transform.depth_bins"))
+    vt_out = int(vt.get("out_channels", 64))
+    view_transform = LiftSplat(image_encoder.out_channels, vt_out, (H, W), grid=grid, depth_bins=bins,
+                               head_kernel=vt.get("head_kernel", 1))
+
+    bev_cfg = _kwargs(BEVEncoder, cfg["bev_encoder"], "bev_encoder", ("in_channels",))
+    bev_encoder = BEVEncoder(vt_out, **bev_cfg)
+    bev_out = bev_encoder.out_channels
+
+    heads_cfg = cfg["heads"]
+    if not isinstance(heads_cfg, Mapping) or not heads_cfg:
+        raise ValueError("heads must be a non-empty dict {name: config}")
+    heads = {name: _build_head(name, entry or {}, bev_out, grid) for name, entry in heads_cfg.items()}
+    return BEVMultiTaskModel(image_encoder, view_transform, bev_encoder, heads, num_cameras=int(cfg["num_cameras"]),
+                             input_size=(W, H), use_depth_supervision=bool(cfg.get("use_depth_supervision", True)),
+                             depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"))
