@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = [
     "make_T", "inv_T", "transform_points", "intrinsics_3x3", "project_points",
-    "box_corners_to_image", "image_box_2d",
+    "box_corners_to_image", "image_box_2d", "grid_cells", "yaw_T",
 ]
 
 
@@ -21,6 +21,21 @@ def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     T[:3, :3] = np.asarray(R, np.float64)
     T[:3, 3] = np.asarray(t, np.float64).reshape(3)
     return T
+
+
+def yaw_T(xy, yaw: float, z: float = 0.0) -> np.ndarray:
+    """[4, 4] pose rotated by `yaw` (radians) about +z and translated to (x, y, z)."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    return make_T(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), (xy[0], xy[1], z))
+
+
+def grid_cells(rng: tuple[float, float], res: float) -> int:
+    """Number of `res`-metre cells in `rng`; a range that is not a whole number of cells is an
+    error (a rounded count would silently shift every cell centre)."""
+    n = (rng[1] - rng[0]) / res
+    if rng[1] <= rng[0] or abs(n - round(n)) > 1e-6:
+        raise ValueError(f"range {tuple(rng)} is not a positive whole number of {res} m cells")
+    return int(round(n))
 
 
 def inv_T(a_T_b: np.ndarray) -> np.ndarray:

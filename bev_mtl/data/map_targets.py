@@ -50,6 +50,8 @@ from shapely.geometry.polygon import orient
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
 
+from .geometry import grid_cells
+
 if TYPE_CHECKING:
     from nuscenes.map_expansion.map_api import NuScenesMap
 
@@ -83,7 +85,7 @@ class MapTargetConfig:
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(H, W) = cells along x, cells along y."""
-        return _cells(self.x_range, self.resolution), _cells(self.y_range, self.resolution)
+        return grid_cells(self.x_range, self.resolution), grid_cells(self.y_range, self.resolution)
 
     def validate(self) -> None:
         if self.resolution <= 0:
@@ -101,13 +103,6 @@ class MapTargetConfig:
                 raise ValueError(f"unknown map class {name!r}; known: {known}")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"duplicate classes in {self.classes}")
-
-
-def _cells(rng: tuple[float, float], res: float) -> int:
-    n = (rng[1] - rng[0]) / res
-    if rng[1] <= rng[0] or abs(n - round(n)) > 1e-6:
-        raise ValueError(f"range {rng} is not a positive whole number of {res} m cells")
-    return int(round(n))
 
 
 def _polygons(geom: BaseGeometry | None) -> list[Polygon]:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.geometry import grid_cells
+
 __all__ = ["GridGeometry", "MapHead", "sampling_grid", "sigmoid_focal_loss", "soft_dice_loss"]
 
 
@@ -49,16 +51,9 @@ class GridGeometry(Protocol):
     def resolution(self) -> float: ...
 
 
-def _cells(rng: tuple[float, float], res: float) -> int:
-    n = (rng[1] - rng[0]) / res
-    if rng[1] <= rng[0] or abs(n - round(n)) > 1e-6:
-        raise ValueError(f"range {rng} is not a positive whole number of {res} m cells")
-    return int(round(n))
-
-
 def grid_shape(grid: GridGeometry) -> tuple[int, int]:
     """(X, Y) cell counts of a grid."""
-    return _cells(tuple(grid.x_range), grid.resolution), _cells(tuple(grid.y_range), grid.resolution)
+    return grid_cells(tuple(grid.x_range), grid.resolution), grid_cells(tuple(grid.y_range), grid.resolution)
 
 
 def _same_grid(a: GridGeometry, b: GridGeometry) -> bool:

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..data.geometry import grid_cells
+
 __all__ = ["BEVGrid", "DepthBins", "PoolPlan", "frustum_points", "cell_index", "build_pool_plan", "bev_pool",
            "bev_pool_index_add", "bev_pool_dense", "BEVPool", "LiftSplat", "depth_loss"]
 
@@ -46,10 +48,11 @@ class BEVGrid:
     resolution: float = 0.5
 
     def __post_init__(self) -> None:
-        for name, (lo, hi) in (("x_range", self.x_range), ("y_range", self.y_range)):
-            n = (hi - lo) / self.resolution
-            if hi <= lo or abs(n - round(n)) > 1e-6:
-                raise ValueError(f"{name} {(lo, hi)} must be increasing and a multiple of resolution {self.resolution}")
+        for name, rng in (("x_range", self.x_range), ("y_range", self.y_range)):
+            try:
+                grid_cells(rng, self.resolution)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
         if self.z_range[1] <= self.z_range[0]:
             raise ValueError(f"z_range {self.z_range} must be increasing")
 

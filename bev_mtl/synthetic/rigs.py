@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from pyquaternion import Quaternion
 
+from ..data.geometry import make_T, yaw_T
+
 
 @dataclass
 class CameraSpec:
@@ -60,18 +62,6 @@ def camera_rotation(yaw_deg: float, pitch_deg: float = 0.0) -> np.ndarray:
     right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])  # stays horizontal: no roll
     down = np.cross(forward, right)
     return np.stack([right, down, forward], axis=1)  # columns = camera axes in ego
-
-
-def _pose(translation, rotation: np.ndarray) -> np.ndarray:
-    t = np.eye(4)
-    t[:3, :3] = rotation
-    t[:3, 3] = translation
-    return t
-
-
-def _yaw_rotation(yaw_deg: float) -> np.ndarray:
-    c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def _intrinsic_from_fov(fov_deg: float, width: int, height: int) -> np.ndarray:
@@ -136,9 +126,9 @@ def rig_from_dict(d: dict, source: str = "<dict>") -> Rig:
                 raise ValueError(f"{where}: intrinsic must be a finite, invertible 3x3 matrix")
             if "translation" not in c:
                 raise ValueError(f"{where}: missing 'translation'")
-            cams.append(CameraSpec(c["channel"], k, _pose(c["translation"], rot)))
+            cams.append(CameraSpec(c["channel"], k, make_T(rot, c["translation"])))
         lidar = d.get("lidar", {"translation": [0.94, 0.0, 1.84], "yaw_deg": -90.0})
-        ego_T_lidar = _pose(lidar["translation"], _yaw_rotation(float(lidar.get("yaw_deg", 0.0))))
+        ego_T_lidar = yaw_T(lidar["translation"][:2], math.radians(float(lidar.get("yaw_deg", 0.0))), lidar["translation"][2])
     except KeyError as e:
         raise ValueError(f"{source}: missing field {e}") from None
     channels = [c.channel for c in cams]

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.geometry import yaw_T
 from .actors import ScenePlan, plan_scene
 from .render_camera import render_camera
 from .render_lidar import cast_lidar
@@ -27,14 +28,6 @@ KEYFRAME_DT = 0.5  # seconds between keyframes (2 Hz), as in nuScenes
 ANNOTATION_RANGE = 70.0  # metres from the ego within which objects hit by the LiDAR are annotated
 BASE_TIMESTAMP = 1_532_402_927_000_000  # microseconds, July 2018 like the nuScenes logs
 BLINKER_KEYS = ("car", "truck", "bus", "bendy_bus", "construction", "ambulance", "police_car")
-
-
-def _pose(xy, yaw: float, z: float = 0.0) -> np.ndarray:
-    t = np.eye(4)
-    c, s = math.cos(yaw), math.sin(yaw)
-    t[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
-    t[:3, 3] = [xy[0], xy[1], z]
-    return t
 
 
 def _scene_lighting(rng: np.random.Generator) -> Lighting:
@@ -148,7 +141,7 @@ def scene_job(i: int) -> dict:
         return [p for p in prims if np.hypot(*(p.center[:2] - ego_xy)) < radius + 0.5 * max(p.size[:2])]
 
     def world_T_lidar(ego_xy, yaw):
-        return _pose(ego_xy, yaw) @ rig.ego_T_lidar
+        return yaw_T(ego_xy, yaw) @ rig.ego_T_lidar
 
     def lidar_sweep(t, ego_xy, yaw):
         return cast_lidar(town.ground, near_prims(t, ego_xy), world_T_lidar(ego_xy, yaw), lidar_cfg, rng)
@@ -157,7 +150,7 @@ def scene_job(i: int) -> dict:
         t = k * KEYFRAME_DT
         ts = t0 + int(round(t * 1e6))
         ego_xy, yaw = plan.ego_pose(t)
-        world_T_ego = _pose(ego_xy, yaw)
+        world_T_ego = yaw_T(ego_xy, yaw)
         prims = near_prims(t, ego_xy)
         data = {}
         # Keyframe LiDAR, then cameras.
