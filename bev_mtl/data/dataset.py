@@ -162,10 +162,10 @@ class MultiViewDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _rng(self, index: int) -> np.random.Generator:
+    def _rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         if self.seed is None:  # torch's RNG is reseeded per worker and per epoch by the DataLoader
             return np.random.default_rng([int(torch.randint(0, 2**62, ()).item()), index])
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
     def _load_image(self, s: SampleInfo, cam: CameraInfo) -> np.ndarray:
         """[H, W, 3] uint8 RGB; DataError naming token, camera and file when missing/truncated."""
@@ -182,9 +182,15 @@ class MultiViewDataset(Dataset):
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     # ------------------------------------------------------------------------------- item
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``index``; ``(index, epoch)`` also names the augmentation epoch (how the training
+        sampler passes it: DataLoader workers hold copies of the dataset, so ``set_epoch`` on
+        the main process's copy would not reach them)."""
+        epoch = None
+        if isinstance(index, tuple):
+            index, epoch = index
         s, cams = self.samples[index], self._cams[index]
-        rng = self._rng(index)
+        rng = self._rng(index, epoch)
         cfg = self.augment
         key_T_global = inv_T(s.global_T_ego)  # keyframe ego <- global
         bev_aug = sample_bev_aug(rng, cfg.bev, self.train)  # [4, 4]

@@ -128,7 +128,7 @@ class BEVMultiTaskModel(nn.Module):
         if not heads:
             raise ValueError("at least one head is required")
         for name, head in heads.items():
-            if name == "depth" or "/" in name:
+            if name in ("depth", "bev_feat") or "/" in name:
                 raise ValueError(f"head name {name!r} is reserved or contains '/'")
             missing = [m for m in ("forward", "loss", "predict") if not callable(getattr(head, m, None))]
             if missing:
@@ -175,7 +175,9 @@ class BEVMultiTaskModel(nn.Module):
 
     # ------------------------------------------------------------------------------- forward
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """``{head name: head outputs, "depth": [B, N, D, h, w] depth probabilities}``."""
+        """``{head name: head outputs, "depth": [B, N, D, h, w] depth probabilities,
+        "bev_feat": [B, Cb, X, Y] the shared BEV features}`` (the last shared tensor: GradNorm and
+        feature distillation hook in there)."""
         self.check_inputs(batch)
         images = batch["images"]  # [B, N, 3, H, W]
         feats = self.image_encoder(images.flatten(0, 1))  # [B*N, Ci, h, w]
@@ -184,6 +186,7 @@ class BEVMultiTaskModel(nn.Module):
         bev_feat = self.bev_encoder(bev)  # [B, Cb, X, Y]
         outputs: dict[str, Any] = {name: head(bev_feat) for name, head in self.heads.items()}
         outputs["depth"] = depth
+        outputs["bev_feat"] = bev_feat
         return outputs
 
     def loss(self, batch: Mapping[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Tensor]:

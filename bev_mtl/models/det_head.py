@@ -6,7 +6,9 @@
       -> per class group: heatmap [B, Kg, Xo, Yo] and regression branches offset 2, z 1,
          log-size 3, sin/cos yaw 2, velocity 2 (each 3x3 conv-BN-ReLU + 1x1 conv)
       -> sub-heads (MLPs on the shared feature vector at an object's centre cell):
-         nuScenes attribute, fine vehicle type, blinker state
+         nuScenes attribute, fine vehicle type, blinker state, and with ``traffic_light=True`` the
+         colour of the extra class "traffic_light" (its own class group; not a nuScenes class,
+         so it is left out of the nuScenes results and scored by tools/test.py separately)
 
 Average pooling (not a strided conv) makes output cell k cover exactly input cells
 [k s, (k + 1) s), so the output grid is the feature grid with res * s and the same range.
@@ -31,7 +33,8 @@ DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrie
 DEFAULT_TASKS: tuple[tuple[str, ...], ...] = (("car",), ("truck", "construction_vehicle"), ("bus", "trailer"),
                                                ("barrier",), ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone"))
 REG_BRANCHES = (("offset", 2), ("z", 1), ("size", 3), ("rot", 2), ("velocity", 2))
-SUB_HEADS = ("attr", "vehicle_type", "blinker")
+SUB_HEADS = ("attr", "vehicle_type", "blinker", "light")
+LIGHT_CLASS = "traffic_light"
 
 
 def _branch(cin: int, hidden: int, cout: int, bias_init: float = 0.0) -> nn.Sequential:
@@ -54,7 +57,9 @@ class CenterHead(nn.Module):
         class_names: detection classes, order of ``gt_labels`` (default: the 10 nuScenes classes).
         tasks: class groups, one heatmap + regression set each (default: CenterPoint's nuScenes groups).
         shared_channels / head_channels: widths of the shared conv and of each branch's hidden conv.
-        num_attributes / num_vehicle_types / num_blinker: sub-head sizes (``Vocabularies``).
+        num_attributes / num_vehicle_types / num_blinker / num_light: sub-head sizes (``Vocabularies``).
+        traffic_light: add the class "traffic_light" (appended to ``class_names`` and as its own
+            group if the names / tasks do not hold it) and the light-colour sub-head.
         sub_hidden: hidden width of the sub-head MLPs.
         min_radius / min_overlap: Gaussian radius rule (cells).
         prior_prob: initial heatmap probability (CenterPoint's -2.19 bias is prior 0.1).
@@ -63,10 +68,17 @@ class CenterHead(nn.Module):
     def __init__(self, in_channels: int, grid: GridGeometry, class_names: Sequence[str] = DET_CLASSES,
                  tasks: Sequence[Sequence[str]] = DEFAULT_TASKS, out_stride: int = 1, shared_channels: int = 64,
                  head_channels: int = 64, num_attributes: int = 9, num_vehicle_types: int = 10, num_blinker: int = 4,
-                 sub_hidden: int = 64, min_radius: int = 2, min_overlap: float = 0.1, prior_prob: float = 0.1) -> None:
+                 sub_hidden: int = 64, min_radius: int = 2, min_overlap: float = 0.1, prior_prob: float = 0.1,
+                 traffic_light: bool = False, num_light: int = 4) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
         self.tasks = tuple(tuple(t) for t in tasks)
+        if traffic_light:
+            if LIGHT_CLASS not in self.class_names:
+                self.class_names += (LIGHT_CLASS,)
+            if not any(LIGHT_CLASS in t for t in self.tasks):
+                self.tasks += ((LIGHT_CLASS,),)
+        self.light_class = self.class_names.index(LIGHT_CLASS) if traffic_light else -1
         flat = [c for t in self.tasks for c in t]
         if len(set(flat)) != len(flat) or not set(flat) <= set(self.class_names):
             raise ValueError(f"tasks {self.tasks} must hold distinct names from {self.class_names}")
@@ -97,6 +109,8 @@ class CenterHead(nn.Module):
         self.sub_heads = nn.ModuleDict({"attr": _mlp(shared_channels, sub_hidden, num_attributes),
                                         "vehicle_type": _mlp(shared_channels, sub_hidden, num_vehicle_types),
                                         "blinker": _mlp(shared_channels, sub_hidden, num_blinker)})
+        if traffic_light:
+            self.sub_heads["light"] = _mlp(shared_channels, sub_hidden, num_light)
 
     def forward(self, feat: Tensor) -> dict[str, Tensor]:
         """``{"heatmap": [B, K, Xo, Yo] logits (K classes in task order), "offset": [B, T, 2, Xo, Yo],
@@ -111,7 +125,8 @@ class CenterHead(nn.Module):
 
     def targets(self, batch: dict, device: torch.device | str = "cpu") -> DetTargets:
         return build_targets(batch, self.class_names, self.task_of_class, self.channel_of_class, self.x_range,
-                             self.y_range, self.res, self.out_shape, self.min_radius, self.min_overlap, device)
+                             self.y_range, self.res, self.out_shape, self.min_radius, self.min_overlap, device,
+                             self.light_class)
 
     def sub_head_logits(self, shared: Tensor, b: Tensor, i: Tensor, j: Tensor) -> dict[str, Tensor]:
         """Sub-head logits ``{name: [N, n]}`` from the shared features at cells (b, i, j) [N] each."""
@@ -141,7 +156,7 @@ class CenterHead(nn.Module):
         losses["loss/det/velocity"] = (l1(pred["velocity"], tg.velocity) * vmask).sum() / vmask.sum().clamp(min=1.0)
 
         logits = self.sub_head_logits(outputs["shared"].float(), b, i, j)  # {name: [N, n]}
-        for name in SUB_HEADS:
+        for name in self.sub_heads:
             label = getattr(tg, name)  # [N]
             valid = label.ge(0)  # [N]
             # log-softmax picked at a clamped label and masked by multiplication: invalid rows give
@@ -155,7 +170,7 @@ class CenterHead(nn.Module):
     def decode(self, outputs: dict[str, Tensor], score_threshold: float = 0.1, top_k: int = 500,
                nms_radius: Mapping[str, float] | Sequence[float] | float | None = None) -> list[dict[str, Tensor]]:
         """Boxes per sample: ``dict(boxes [K, 9] ego frame, scores [K], labels [K] class indices,
-        attr / vehicle_type / blinker [K, n] probabilities)``, sorted by descending score.
+        attr / vehicle_type / blinker (/ light) [K, n] probabilities)``, sorted by descending score.
 
         Per class group: top ``top_k`` cells over (class, x, y), score threshold, then per class a
         circle NMS of radius ``nms_radius`` metres (per class name, per class index, one value for
@@ -263,6 +278,8 @@ def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: n
     out = []
     for k in range(len(boxes)):
         name = class_names[int(labels[k])]
+        if name not in DET_CLASSES:  # e.g. traffic_light: not a nuScenes detection class
+            continue
         out.append({"sample_token": sample_token, "translation": center[k].tolist(),
                     "size": [float(boxes[k, 4]), float(boxes[k, 3]), float(boxes[k, 5])],  # nuScenes: w, l, h
                     "rotation": [math.cos(yaw_g[k] / 2), 0.0, 0.0, math.sin(yaw_g[k] / 2)],  # yaw-only [w, x, y, z]

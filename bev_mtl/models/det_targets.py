@@ -68,18 +68,24 @@ class DetTargets:
     attr: Tensor  # [N] -1 = unknown
     vehicle_type: Tensor  # [N]
     blinker: Tensor  # [N]
+    light: Tensor  # [N] traffic-light colour (-1 for other classes / unknown)
+
+SUB_LABELS = ("attr", "vehicle_type", "blinker", "light")
 
 
 def build_targets(batch: dict, class_names: Sequence[str], task_of_class: Sequence[int],
                   channel_of_class: Sequence[int], x_range: tuple[float, float], y_range: tuple[float, float],
                   res: float, shape: tuple[int, int], min_radius: int = 2, min_overlap: float = 0.1,
-                  device: torch.device | str = "cpu") -> DetTargets:
+                  device: torch.device | str = "cpu", light_class: int = -1) -> DetTargets:
     """Targets from a collated batch (``gt_boxes`` etc. as lists of B tensors, see dataset.py).
 
     ``task_of_class[c]`` / ``channel_of_class[c]``: group and heatmap channel of class c (-1 for a
     class the head does not predict). Objects with ``gt_mask`` False or outside the grid are
     skipped; in samples with ``labelled["det"]`` False nothing is drawn and the heatmap weight is 0.
     Sub-head labels of samples not labelled for that task become -1.
+    ``light_class`` >= 0: the traffic-light housings (``gt_light_boxes`` / ``gt_light_mask``) are
+    objects of that class (drawn when the sample is det-labelled) and their colour
+    ``gt_light_labels`` is the ``light`` label (when ``labelled["light"]``); -1: lights are ignored.
     """
     X, Y = shape
     boxes_l, labels_l = batch["gt_boxes"], batch["gt_labels"]
@@ -90,21 +96,33 @@ def build_targets(batch: dict, class_names: Sequence[str], task_of_class: Sequen
         v = labelled.get(task)
         return [True] * B if v is None else [bool(t) for t in v]
 
-    det_ok, sub_ok = lab("det"), {k: lab(k) for k in ("attr", "vehicle_type", "blinker")}
+    det_ok, sub_ok = lab("det"), {k: lab(k) for k in SUB_LABELS}
     heat = torch.zeros(B, sum(ch >= 0 for ch in channel_of_class), X, Y)  # [B, K, X, Y]
     rows: dict[str, list] = {k: [] for k in ("batch", "task", "cell", "offset", "z", "log_size", "rot", "velocity",
-                                             "velocity_valid", "attr", "vehicle_type", "blinker")}
+                                             "velocity_valid") + SUB_LABELS}
     for b in range(B):
         if not det_ok[b]:
             continue
         boxes = boxes_l[b].detach().double().cpu()  # [M, 9]
-        labels = labels_l[b].cpu()  # [M]
+        labels = labels_l[b].cpu().long()  # [M]
         M = len(boxes)
         mask = batch["gt_mask"][b].cpu().bool() if "gt_mask" in batch else torch.ones(M, dtype=torch.bool)
         vvalid = (batch["gt_velocity_valid"][b].cpu().bool() if "gt_velocity_valid" in batch
                   else torch.ones(M, dtype=torch.bool))
         subs = {k: (batch[f"gt_{k}"][b].cpu().long() if f"gt_{k}" in batch and sub_ok[k][b]
-                    else torch.full((M,), -1, dtype=torch.long)) for k in ("attr", "vehicle_type", "blinker")}
+                    else torch.full((M,), -1, dtype=torch.long)) for k in SUB_LABELS if k != "light"}
+        subs["light"] = torch.full((M,), -1, dtype=torch.long)
+        if light_class >= 0 and "gt_light_boxes" in batch and len(batch["gt_light_boxes"][b]):
+            lb = batch["gt_light_boxes"][b].detach().double().cpu()  # [L, 9]
+            L = len(lb)
+            boxes, M = torch.cat([boxes, lb]), M + L
+            labels = torch.cat([labels, torch.full((L,), light_class, dtype=torch.long)])
+            mask = torch.cat([mask, batch["gt_light_mask"][b].cpu().bool()])
+            vvalid = torch.cat([vvalid, torch.ones(L, dtype=torch.bool)])  # housings do not move
+            colour = (batch["gt_light_labels"][b].cpu().long() if sub_ok["light"][b]
+                      else torch.full((L,), -1, dtype=torch.long))
+            subs = {k: torch.cat([v, colour if k == "light" else torch.full((L,), -1, dtype=torch.long)])
+                    for k, v in subs.items()}
         for m in range(M):
             c = int(labels[m])
             if not mask[m] or c < 0 or c >= len(task_of_class) or task_of_class[c] < 0:
@@ -126,7 +144,7 @@ def build_targets(batch: dict, class_names: Sequence[str], task_of_class: Sequen
             rows["rot"].append((math.sin(yaw), math.cos(yaw)))
             rows["velocity"].append((float(boxes[m, 7]), float(boxes[m, 8])))
             rows["velocity_valid"].append(bool(vvalid[m]))
-            for k in ("attr", "vehicle_type", "blinker"):
+            for k in SUB_LABELS:
                 rows[k].append(int(subs[k][m]))
 
     def t(key: str, dtype: torch.dtype, width: int | None) -> Tensor:
@@ -140,7 +158,8 @@ def build_targets(batch: dict, class_names: Sequence[str], task_of_class: Sequen
         offset=t("offset", torch.float32, 2), z=t("z", torch.float32, 1), log_size=t("log_size", torch.float32, 3),
         rot=t("rot", torch.float32, 2), velocity=t("velocity", torch.float32, 2),
         velocity_valid=t("velocity_valid", torch.bool, None), attr=t("attr", torch.long, None),
-        vehicle_type=t("vehicle_type", torch.long, None), blinker=t("blinker", torch.long, None))
+        vehicle_type=t("vehicle_type", torch.long, None), blinker=t("blinker", torch.long, None),
+        light=t("light", torch.long, None))
 
 
 def gaussian_focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:

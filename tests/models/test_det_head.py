@@ -217,3 +217,51 @@ def test_to_nuscenes_round_trip(augmented):
         np.testing.assert_allclose(r["velocity"], glob.velocity[k], atol=1e-5)
         w, _, _, z = r["rotation"]
         assert abs(math.remainder(2 * math.atan2(z, w) - glob.yaw[k], 2 * math.pi)) < 1e-5
+
+
+LIGHTS = [[12.0, 4.0, 5.2, 0.4, 0.4, 1.0, 0.0, 0.0, 0.0], [-6.0, -9.0, 5.1, 0.4, 0.4, 1.0, 1.5, 0.0, 0.0]]
+
+
+def with_lights(batch: dict, colours: list[int], labelled: bool = True) -> dict:
+    batch["gt_light_boxes"] = [torch.tensor(LIGHTS)]
+    batch["gt_light_labels"] = [torch.tensor(colours)]
+    batch["gt_light_mask"] = [torch.ones(len(LIGHTS), dtype=torch.bool)]
+    batch["labelled"] = {"det": torch.tensor([True]), "light": torch.tensor([labelled])}
+    return batch
+
+
+def test_traffic_light_class_round_trip_and_colour_loss():
+    head = CenterHead(8, Grid(), shared_channels=8, head_channels=8, sub_hidden=8, traffic_light=True)
+    assert head.class_names[-1] == "traffic_light" and head.tasks[-1] == ("traffic_light",)
+    batch = with_lights(make_batch(BOXES, LABELS), colours=[0, 2])
+    tg = head.targets(batch)
+    assert tg.light.tolist().count(-1) == len(BOXES) and sorted(tg.light[tg.light >= 0].tolist()) == [0, 2]
+    out = perfect_outputs(head, batch)
+    det = head.decode(out, score_threshold=0.3, top_k=50, nms_radius=2.5)[0]
+    light = head.class_names.index("traffic_light")
+    found = det["boxes"][det["labels"] == light]
+    assert len(found) == 2 and det["light"].shape[1] == len(VOCAB.light)
+    for want in LIGHTS:
+        assert min(torch.dist(b[:3], torch.tensor(want[:3])) for b in found) < 0.1
+    # lights never reach the nuScenes results (not a detection class there)
+    names = {r["detection_name"] for r in to_nuscenes(det, np.eye(4), None, head.class_names, VOCAB.attributes)}
+    assert "traffic_light" not in names and "car" in names
+
+    losses = head.loss(head(torch.randn(1, 8, 64, 64)), batch)
+    assert losses["loss/det/light"].item() > 0
+    # unknown colours: exact zero and no gradient into the light sub-head; the class is still detected
+    batch = with_lights(make_batch(BOXES, LABELS), colours=[0, 2], labelled=False)
+    assert head.targets(batch).heatmap[0, -1].max() == 1.0
+    losses = head.loss(head(torch.randn(1, 8, 64, 64)), batch)
+    assert losses["loss/det/light"].item() == 0.0
+    sum(losses.values()).backward()
+    for p in head.sub_heads["light"].parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) == 0
+
+
+def test_without_traffic_light_option_lights_are_ignored():
+    head = CenterHead(8, Grid(), shared_channels=8, head_channels=8, sub_hidden=8)
+    batch = with_lights(make_batch(BOXES, LABELS), colours=[0, 2])
+    tg = head.targets(batch)
+    assert len(tg.batch) == len(BOXES) and "light" not in head.sub_heads
+    assert "loss/det/light" not in head.loss(head(torch.randn(1, 8, 64, 64)), batch)

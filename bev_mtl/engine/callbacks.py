@@ -1,0 +1,92 @@
+"""Lightning plug-ins: atomic checkpoint files and exact mid-epoch resume."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from bev_mtl.engine.checkpoint import atomic_save, load_checkpoint
+
+__all__ = ["AtomicCheckpointIO", "ResumeSync"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed into place (a kill mid-write leaves
+    the previous ``last.ckpt`` intact); loads fail with ``CheckpointError`` naming the file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        return load_checkpoint(path, map_location or "cpu")
+
+
+class ResumeSync(L.Callback):
+    """Keeps the input stream a pure function of (seed, epoch, step).
+
+    The training batch sampler asks the trainer, whenever an epoch's iteration starts, for the
+    current epoch and the optimiser steps already taken in it; after a resume from a mid-epoch
+    checkpoint it skips those batches, so the resumed run sees exactly the batches (and, with
+    the epoch passed to the dataset, the augmentations) an uninterrupted run would have.
+    Read lazily because Lightning may create the iterator before or after its epoch hooks."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        loader = getattr(trainer.fit_loop, "_data_source", None)
+        loader = loader.instance if loader is not None else None
+        self._attach(trainer, loader)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._attach(trainer, trainer.train_dataloader)
+
+    @staticmethod
+    def _attach(trainer: L.Trainer, loader: Any) -> None:
+        sampler = getattr(loader, "batch_sampler", None)
+        if sampler is None or not hasattr(sampler, "progress"):
+            return
+
+        def progress() -> tuple[int, int]:
+            epoch = trainer.current_epoch
+            done = trainer.global_step * trainer.accumulate_grad_batches - epoch * len(sampler)
+            return epoch, done if 0 < done < len(sampler) else 0
+        sampler.progress = progress
+
+
+class RankConsistency(L.Callback):
+    """At the end of training every rank hashes its parameters; rank 0 writes the hashes to
+    ``<work_dir>/rank_weights.json`` and warns if DDP replicas diverged (they must not: a
+    mismatch means a parameter updated outside the synchronised gradients). Buffers are left
+    out: BatchNorm running statistics are per rank between DDP's buffer broadcasts (rank 0's
+    are the ones checkpointed)."""
+
+    def __init__(self, work_dir: str | os.PathLike) -> None:
+        self.work_dir = work_dir
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import hashlib
+        import json
+        import warnings
+
+
+        import torch.distributed as dist
+
+        h = hashlib.sha256()
+        for name, t in sorted(pl_module.model.named_parameters()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+        digests = [digest]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            digests = [None] * dist.get_world_size()
+            dist.all_gather_object(digests, digest)
+        if trainer.global_rank == 0:
+            from bev_mtl.engine.evaluation import atomic_write_text
+
+            atomic_write_text(os.path.join(self.work_dir, "rank_weights.json"),
+                              json.dumps({"world_size": len(digests), "sha256": digests, "step": trainer.global_step}))
+            if len(set(digests)) > 1:
+                warnings.warn(f"DDP ranks ended with different weights: {digests}")
+

@@ -1,0 +1,359 @@
+"""Evaluation: official nuScenes detection metrics, BEV map IoU and attribute accuracy.
+
+Data flow: ``process(batch, predictions)`` per batch (any rank) -> per sample nuScenes result
+boxes (global frame, via ``to_nuscenes``), map confusion counts at every threshold, and
+predicted-vs-GT attribute pairs of matched objects -> ``evaluate()`` (rank 0 after a gather)
+writes ``results_nusc.json`` atomically, runs the devkit's ``DetectionEval``
+(detection_cvpr_2019) on exactly the processed samples, and returns one flat metrics dict; the
+full report (every section, "not labelled" where the data has no such labels) goes to
+``metrics.json`` and ``metrics.md``.
+
+Map IoU protocols: BEVFusion's (per class the max over thresholds 0.35..0.65 of the
+dataset-level IoU) and a fixed threshold of 0.5. Attributes: predictions of the same class are
+matched greedily by score to GT centres within ``match_distance`` metres (ego frame), then the
+learned label (argmax) is compared with the GT label where the GT label is known.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bev_mtl.data.dataset import Vocabularies
+from bev_mtl.data.sample import SampleInfo
+from bev_mtl.models.det_head import DET_CLASSES, to_nuscenes
+
+__all__ = ["Evaluator", "MAP_THRESHOLDS", "atomic_write_text", "format_report"]
+
+MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * k, 2) for k in range(7))  # 0.35 .. 0.65 (0.5 included)
+ATTR_TASKS = {"vehicle_type": "vehicle_types", "blinker": "blinker", "light": "light", "attr": "attributes"}
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _nan_to_none(obj: Any) -> Any:
+    """Strict JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _match(pred_xy: np.ndarray, scores: np.ndarray, gt_xy: np.ndarray, max_dist: float) -> list[tuple[int, int]]:
+    """Greedy by descending score: each prediction takes the nearest free GT within max_dist."""
+    pairs, used = [], np.zeros(len(gt_xy), bool)
+    if len(gt_xy) == 0:
+        return pairs
+    for k in np.argsort(-scores, kind="stable"):
+        d = np.linalg.norm(gt_xy - pred_xy[k], axis=1)
+        d[used] = np.inf
+        g = int(np.argmin(d))
+        if d[g] <= max_dist:
+            used[g] = True
+            pairs.append((int(k), g))
+    return pairs
+
+
+class Evaluator:
+    """Collects predictions of a split and scores them (module docstring)."""
+
+    def __init__(self, dataroot: str, version: str, split: str, out_dir: str | os.PathLike,
+                 class_names: Sequence[str] = DET_CLASSES, map_classes: Sequence[str] = (),
+                 vocab: Vocabularies | None = None, match_distance: float = 2.0, min_score: float = 0.0) -> None:
+        self.dataroot, self.version, self.split = str(dataroot), version, split
+        self.out_dir = Path(out_dir)
+        self.class_names, self.map_classes = tuple(class_names), tuple(map_classes)
+        self.vocab = vocab or Vocabularies()
+        self.match_distance, self.min_score = float(match_distance), float(min_score)
+        self.samples: dict[str, SampleInfo] = {}
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], split: str, out_dir: str | os.PathLike) -> "Evaluator":
+        from bev_mtl.data.builder import find_version
+
+        data, heads = cfg["data"], cfg["model"]["heads"]
+        det = heads.get("det", {})
+        names = tuple(det.get("class_names", DET_CLASSES)) + (("traffic_light",) if det.get("traffic_light") else ())
+        return cls(data["root"], find_version(data["root"], data.get("version", "auto")), split, out_dir,
+                   class_names=names, map_classes=tuple(heads.get("map", {}).get("classes", ())))
+
+    def set_samples(self, samples: Sequence[SampleInfo]) -> None:
+        self.samples = {s.token: s for s in samples}
+
+    def reset(self) -> None:
+        self.results: dict[str, list[dict]] = {}
+        self.map_counts: dict[str, np.ndarray] = {}  # class -> [T, 3] (tp, fp, fn) per threshold
+        self.map_labelled = 0
+        self.pairs: dict[str, list[tuple[int, int, str]]] = {t: [] for t in ATTR_TASKS}  # (pred, gt, class)
+        self.labelled_gt: dict[str, int] = {t: 0 for t in ATTR_TASKS}
+
+    # ------------------------------------------------------------------------------ collect
+    @torch.no_grad()
+    def process(self, batch: Mapping[str, Any], predictions: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        for b, pred in enumerate(predictions):
+            token = batch["token"][b]
+            if token in self.results:
+                continue  # duplicate from DDP padding
+            s = self.samples.get(token)
+            if s is None:
+                raise KeyError(f"sample {token} was not registered with set_samples()")
+            bev_aug = batch["bev_aug"][b].cpu().numpy() if "bev_aug" in batch else None
+            if "boxes" in pred:
+                self.results[token] = to_nuscenes(pred, s.global_T_ego, bev_aug, self.class_names,
+                                                  self.vocab.attributes, token)
+                self._attributes(batch, b, pred)
+            else:
+                self.results[token] = []
+            labelled = batch.get("labelled", {})
+            if "map" in pred and "map_targets" in batch and bool(labelled.get("map", [True] * (b + 1))[b]):
+                self._map(pred["map"].float().cpu(), batch["map_targets"][b].cpu().bool())
+
+    def _map(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        self.map_labelled += 1
+        for c, name in enumerate(self.map_classes):
+            counts = self.map_counts.setdefault(name, np.zeros((len(MAP_THRESHOLDS), 3), np.int64))
+            t = target[c]
+            for k, thr in enumerate(MAP_THRESHOLDS):
+                p = probs[c] >= thr
+                counts[k] += [int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())]
+
+    def _attributes(self, batch: Mapping[str, Any], b: int, pred: Mapping[str, torch.Tensor]) -> None:
+        keep = pred["scores"] >= self.min_score
+        boxes, labels, scores = pred["boxes"][keep].cpu().numpy(), pred["labels"][keep].cpu().numpy(), \
+            pred["scores"][keep].cpu().numpy()
+        probs = {t: pred[t][keep].cpu().numpy() for t in ATTR_TASKS if t in pred}
+        gt = {"boxes": batch["gt_boxes"][b].cpu().numpy(), "labels": batch["gt_labels"][b].cpu().numpy(),
+              "mask": batch["gt_mask"][b].cpu().numpy()}
+        gt_lab = {t: batch[f"gt_{t}"][b].cpu().numpy() for t in ("vehicle_type", "blinker", "attr")}
+        sources = [(gt["boxes"], gt["labels"], gt["mask"], gt_lab, DET_CLASSES)]
+        if "light" in probs and "gt_light_boxes" in batch and "traffic_light" in self.class_names:
+            lb = batch["gt_light_boxes"][b].cpu().numpy()
+            lab_ok = bool(batch.get("labelled", {}).get("light", [True] * (b + 1))[b])
+            colour = batch["gt_light_labels"][b].cpu().numpy() if lab_ok else np.full(len(lb), -1)
+            sources.append((lb, np.zeros(len(lb), np.int64), batch["gt_light_mask"][b].cpu().numpy(),
+                            {"light": colour}, ("traffic_light",)))
+        for gboxes, glabels, gmask, glabs, gnames in sources:
+            for gc, name in enumerate(gnames):
+                if name not in self.class_names:
+                    continue
+                c = self.class_names.index(name)
+                gi = np.flatnonzero((glabels == gc) & gmask)
+                pi = np.flatnonzero(labels == c)
+                for task, lab in glabs.items():
+                    self.labelled_gt[task] += int((lab[gi] >= 0).sum())
+                for k, g in _match(boxes[pi, :2], scores[pi], gboxes[gi, :2], self.match_distance):
+                    for task, lab in glabs.items():
+                        if task in probs and lab[gi[g]] >= 0:
+                            self.pairs[task].append((int(probs[task][pi[k]].argmax()), int(lab[gi[g]]), name))
+
+    # ----------------------------------------------------------------------------- gather
+    def state(self) -> dict:
+        return {"results": self.results, "map_counts": self.map_counts, "map_labelled": self.map_labelled,
+                "pairs": self.pairs, "labelled_gt": self.labelled_gt}
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        for token, boxes in state["results"].items():
+            self.results.setdefault(token, boxes)
+        for name, counts in state["map_counts"].items():
+            self.map_counts[name] = self.map_counts.get(name, 0) + counts
+        self.map_labelled += state["map_labelled"]
+        for t in ATTR_TASKS:
+            self.pairs[t] += state["pairs"][t]
+            self.labelled_gt[t] += state["labelled_gt"][t]
+
+    def evaluate_distributed(self) -> dict[str, float]:
+        """Gather every rank's state to rank 0, evaluate there, share the flat metrics with all."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, self.state())
+            if dist.get_rank() == 0:
+                self.reset()
+                for st in states:
+                    self.merge(st)
+                out = [self.evaluate()]
+            else:
+                out = [None]
+            dist.broadcast_object_list(out, src=0)
+            self.reset()
+            return out[0]
+        metrics = self.evaluate()
+        self.reset()
+        return metrics
+
+    # ----------------------------------------------------------------------------- score
+    def evaluate(self, verbose: bool = False) -> dict[str, float]:
+        """Write results + reports under ``out_dir``; return the flat metrics (``nds``, ``map``, ...)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        report: dict[str, Any] = {"split": self.split, "num_samples": len(self.results)}
+        report["detection"] = self._detection(verbose)
+        report["map_segmentation"] = self._map_report()
+        report["attributes"] = self._attr_report()
+        atomic_write_text(self.out_dir / "metrics.json", json.dumps(_nan_to_none(report), indent=2))
+        atomic_write_text(self.out_dir / "metrics.md", format_report(report))
+        flat: dict[str, float] = {}
+        det = report["detection"]
+        if "nd_score" in det:
+            flat.update(nds=det["nd_score"], mAP=det["mean_ap"])
+        seg = report["map_segmentation"]
+        if "miou_max" in seg:
+            flat.update(miou=seg["miou_max"], miou_05=seg["miou_0.5"])
+            flat.update({f"iou/{c}": v for c, v in seg["iou_max"].items() if not np.isnan(v)})
+        for task, r in report["attributes"].items():
+            if isinstance(r, dict) and "accuracy" in r:
+                flat[f"acc/{task}"] = r["accuracy"]
+        return flat
+
+    def _detection(self, verbose: bool) -> dict:
+        if not self.results:
+            return {"status": "no samples"}
+        if not any(self.results.values()):
+            return {"status": "no boxes predicted (the devkit needs at least one): NDS 0, mAP 0",
+                    "nd_score": 0.0, "mean_ap": 0.0}
+        result_path = self.out_dir / "results_nusc.json"
+        meta = {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False}
+        atomic_write_text(result_path, json.dumps({"meta": meta, "results": self.results}))
+        return run_detection_eval(self.dataroot, self.version, self.split, str(result_path),
+                                  str(self.out_dir / "nusc_eval"), set(self.results), verbose)
+
+    def _map_report(self) -> dict:
+        if not self.map_classes:
+            return {"status": "no map head"}
+        if self.map_labelled == 0:
+            return {"status": "not labelled"}
+        iou = {}
+        for name in self.map_classes:
+            tp, fp, fn = self.map_counts[name].T
+            union = tp + fp + fn
+            # a class neither present nor predicted anywhere has no IoU (NaN): left out of the mean
+            iou[name] = np.where(union > 0, tp / np.maximum(union, 1), np.nan).tolist()
+        k05 = MAP_THRESHOLDS.index(0.5)
+        best = {c: float(np.nanmax(v)) if not np.all(np.isnan(v)) else float("nan") for c, v in iou.items()}
+        fixed = {c: v[k05] for c, v in iou.items()}
+        absent = [c for c, v in best.items() if np.isnan(v)]
+        return {"samples": self.map_labelled, "thresholds": list(MAP_THRESHOLDS), "iou_per_threshold": iou,
+                "iou_max": best, "iou_0.5": fixed, "miou_max": float(np.nanmean(list(best.values()))),
+                "miou_0.5": float(np.nanmean(list(fixed.values()))), "classes_without_gt_or_pred": absent}
+
+    def _attr_report(self) -> dict:
+        out = {}
+        for task, vocab_field in ATTR_TASKS.items():
+            names = getattr(self.vocab, vocab_field)
+            pairs = self.pairs[task]
+            if self.labelled_gt[task] == 0:
+                out[task] = "not labelled"
+                continue
+            if not pairs:
+                out[task] = {"labelled_gt": self.labelled_gt[task], "matched": 0, "accuracy": 0.0, "macro_f1": 0.0}
+                continue
+            p = np.array([q[0] for q in pairs])
+            g = np.array([q[1] for q in pairs])
+            f1s = []
+            for c in np.unique(g):
+                tp = int(((p == c) & (g == c)).sum())
+                prec, rec = tp / max(int((p == c).sum()), 1), tp / max(int((g == c).sum()), 1)
+                f1s.append(0.0 if tp == 0 else 2 * prec * rec / (prec + rec))
+            out[task] = {"labelled_gt": self.labelled_gt[task], "matched": len(pairs),
+                         "accuracy": float((p == g).mean()), "macro_f1": float(np.mean(f1s)),
+                         "per_class_support": {names[int(c)]: int((g == c).sum()) for c in np.unique(g)}}
+        return out
+
+
+@contextmanager
+def _only_tokens(tokens: set[str]):
+    """Restrict the devkit's GT loading to ``tokens`` (evaluation of a subset of a split)."""
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.detection import evaluate as de
+
+    orig_gt, orig_custom = de.load_gt, de.get_samples_of_custom_split
+
+    def load_gt(*args, **kwargs):
+        boxes = orig_gt(*args, **kwargs)
+        out = EvalBoxes()
+        for t in boxes.sample_tokens:
+            if t in tokens:
+                out.add_boxes(t, boxes[t])
+        return out
+
+    de.load_gt = load_gt
+    de.get_samples_of_custom_split = lambda split_name, nusc: [t for t in orig_custom(split_name, nusc) if t in tokens]
+    try:
+        yield
+    finally:
+        de.load_gt, de.get_samples_of_custom_split = orig_gt, orig_custom
+
+
+def run_detection_eval(dataroot: str, version: str, split: str, result_path: str, out_dir: str,
+                       tokens: set[str], verbose: bool = False) -> dict:
+    """The devkit's DetectionEval on the samples in ``tokens``: its metrics summary dict."""
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+    with _only_tokens(tokens):
+        ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), result_path, eval_set=split,
+                           output_dir=out_dir, verbose=verbose)
+    summary = ev.main(plot_examples=0, render_curves=False)
+    return {k: summary[k] for k in ("mean_ap", "nd_score", "tp_errors", "mean_dist_aps", "label_tp_errors",
+                                    "eval_time") if k in summary}
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """Markdown summary of ``metrics.json``."""
+    lines = [f"# Evaluation: split `{report['split']}`, {report['num_samples']} samples", "", "## Detection (nuScenes)", ""]
+    det = report["detection"]
+    if "tp_errors" in det:
+        tp = det["tp_errors"]
+        lines += ["| NDS | mAP | mATE | mASE | mAOE | mAVE | mAAE |", "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {det['nd_score']:.4f} | {det['mean_ap']:.4f} | " + " | ".join(
+                      f"{tp[k]:.4f}" for k in ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")) + " |",
+                  "", "| class | AP | ATE | ASE | AOE | AVE | AAE |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for c, ap in det["mean_dist_aps"].items():
+            e = det["label_tp_errors"][c]
+            lines.append(f"| {c} | {ap:.3f} | " + " | ".join(
+                f"{e[k]:.3f}" for k in ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")) + " |")
+    else:
+        lines.append(det.get("status", ""))
+    lines += ["", "## BEV map segmentation (IoU)", ""]
+    seg = report["map_segmentation"]
+    if "iou_max" in seg:
+        lines += ["| class | IoU max over 0.35-0.65 (BEVFusion) | IoU @ 0.5 |", "|---|---:|---:|"]
+        for c in seg["iou_max"]:
+            lines.append(f"| {c} | {seg['iou_max'][c]:.3f} | {seg['iou_0.5'][c]:.3f} |")
+        lines.append(f"| **mean** | **{seg['miou_max']:.3f}** | **{seg['miou_0.5']:.3f}** |")
+    else:
+        lines.append(seg.get("status", ""))
+    lines += ["", "## Attributes (objects matched to GT)", "", "| attribute | accuracy | macro-F1 | matched / labelled |",
+              "|---|---:|---:|---:|"]
+    for task, r in report["attributes"].items():
+        if isinstance(r, dict):
+            lines.append(f"| {task} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['matched']} / {r['labelled_gt']} |")
+        else:
+            lines.append(f"| {task} | {r} | | |")
+    return "\n".join(lines) + "\n"

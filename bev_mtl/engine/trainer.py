@@ -1,0 +1,126 @@
+"""``tools/train.py``'s body: config -> datasets, loaders, module, Lightning ``Trainer`` -> fit."""
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from bev_mtl.data.builder import build_dataset, check_data_cfg
+from bev_mtl.engine.callbacks import AtomicCheckpointIO, RankConsistency, ResumeSync
+from bev_mtl.engine.config import load_config, to_plain
+from bev_mtl.engine.lit_module import BEVMTLModule
+from bev_mtl.engine.loader import make_loader
+
+__all__ = ["run_training", "resolve_resume"]
+
+
+def resolve_resume(resume: str | None, work_dir: Path) -> str | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = work_dir / "last.ckpt"
+        return str(last) if last.is_file() else None  # nothing to resume: start fresh
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
+    return resume
+
+
+def _rank_world() -> tuple[int, int]:
+    """Rank and world size as the launcher (Lightning, torchrun or SLURM) will set them."""
+    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if r in os.environ and w in os.environ:
+            return int(os.environ[r]), int(os.environ[w])
+    return 0, 1
+
+
+def run_training(args: argparse.Namespace) -> L.Trainer:
+    cfg_file = load_config(args.config, args.cfg_options)
+    cfg = to_plain(cfg_file.to_dict())
+    work_dir = Path(args.work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(args.config).stem)
+    seed = int(args.seed if args.seed is not None else cfg.get("seed", 0))
+    train_cfg = dict(cfg.get("train", {}))
+    deterministic = bool(args.deterministic or train_cfg.get("deterministic", False))
+    data = cfg["data"]
+    check_data_cfg(data)
+    L.seed_everything(seed, workers=True, verbose=False)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+
+    module = BEVMTLModule(cfg["model"], cfg.get("optim", {}), cfg.get("schedule", {}), train_cfg, cfg.get("mtl"),
+                          evaluator=_make_evaluator(cfg, work_dir))
+    devices: Any = args.devices if args.devices == "auto" else int(args.devices)
+    accelerator = args.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    nprocs = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else devices
+    world = nprocs * args.num_nodes
+    strategy = "ddp" if world > 1 else "auto"
+
+    max_steps = int(train_cfg.get("max_steps", 1000))
+    ckpt_every = int(train_cfg.get("checkpoint_every_steps", 100)) or max_steps
+    callbacks: list[L.Callback] = [
+        ResumeSync(), RankConsistency(work_dir),
+        ModelCheckpoint(dirpath=work_dir, filename="step{step:06d}", auto_insert_metric_name=False,
+                        every_n_train_steps=ckpt_every, save_last=True, save_top_k=0),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    val_every = int(train_cfg.get("val_every_steps", 0))
+    if val_every > 0:
+        callbacks.append(ModelCheckpoint(dirpath=work_dir, filename="best_nds", monitor="val/nds", mode="max",
+                                         save_top_k=1, auto_insert_metric_name=False))
+    if not args.no_progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    loggers = [TensorBoardLogger(work_dir, name="tb", version=""), CSVLogger(work_dir, name="csv", version="")]
+    precision = train_cfg.get("precision", "32-true")
+    if accelerator == "cpu" and precision not in ("32-true", "32", "bf16-mixed"):
+        warnings.warn(f"precision {precision} needs a GPU; using 32-true on CPU")
+        precision = "32-true"
+
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=args.num_nodes, strategy=strategy,
+        max_steps=max_steps, max_epochs=-1, precision=precision, deterministic=deterministic,
+        gradient_clip_val=float(train_cfg.get("grad_clip", 0.0)) or None,
+        log_every_n_steps=int(train_cfg.get("log_every_steps", 10)), default_root_dir=str(work_dir),
+        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=not args.no_progress, use_distributed_sampler=False,
+        val_check_interval=val_every if val_every > 0 else None,
+        check_val_every_n_epoch=None if val_every > 0 else 1,
+        limit_val_batches=None if val_every > 0 else 0, num_sanity_val_steps=0)
+
+    # datasets after the Trainer: in DDP every process builds its own (the rank is known now)
+    rank, world = trainer.global_rank, trainer.world_size
+    if rank == 0:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        cfg_file.dump(str(work_dir / "config.py"))
+    train_set = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=seed)
+    class_names = module.model.heads["det"].head.class_names if "det" in module.model.heads else ()
+    train_loader = make_loader(train_set, int(data.get("batch_size", 2)), train=True, seed=seed, rank=rank,
+                               world_size=world, num_workers=int(data.get("num_workers", 2)),
+                               cbgs=bool(data.get("cbgs", False)), class_names=class_names)
+    val_loader = None
+    if val_every > 0:
+        val_set = build_dataset(cfg["model"], data, data["val_split"], train=False)
+        n = int(data.get("val_max_samples", 0))
+        if n > 0:
+            val_set.samples, val_set._cams = val_set.samples[:n], val_set._cams[:n]
+        module.evaluator.set_samples(val_set.samples)
+        val_loader = make_loader(val_set, int(data.get("val_batch_size", 2)), train=False, rank=rank,
+                                 world_size=world, num_workers=int(data.get("num_workers", 2)))
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                ckpt_path=resolve_resume(args.resume, work_dir))
+    return trainer
+
+
+def _make_evaluator(cfg: dict, work_dir: Path) -> Any:
+    if int(cfg.get("train", {}).get("val_every_steps", 0)) <= 0:
+        return None
+    from bev_mtl.engine.evaluation import Evaluator
+
+    return Evaluator.from_config(cfg, cfg["data"]["val_split"], work_dir / "val")

@@ -1,0 +1,20 @@
+# Optimiser and schedule for short CPU runs.
+optim = dict(type='AdamW', lr=2e-3, weight_decay=1e-2, betas=[0.9, 0.999])
+schedule = dict(type='onecycle', warmup=0.1)  # onecycle | cosine | constant; warmup = fraction of steps
+train = dict(
+    max_steps=1000,          # optimiser steps (the budget; max_epochs is derived from it)
+    val_every_steps=0,       # validation during training every N steps (0 = only at the end)
+    log_every_steps=10,
+    grad_clip=35.0,          # max grad norm (0 = off)
+    precision='32-true',     # Lightning precision: 32-true | bf16-mixed | 16-mixed (GPU)
+    ema=dict(enabled=False, decay=0.999),
+    checkpoint_every_steps=100,
+    deterministic=False,
+)
+seed = 0
+# Multi-task learning (bev_mtl/mtl): task weighting over the heads and self-distillation.
+mtl = dict(
+    weighting=dict(type='fixed'),  # fixed | uncertainty | gradnorm | dwa (+ their arguments)
+    tasks=None,                    # tasks the weighting balances (None = every head)
+    distill=dict(enabled=False, teacher='ema', temperature=1.0, weight=1.0),
+)
