@@ -82,12 +82,14 @@ class Evaluator:
 
     def __init__(self, dataroot: str, version: str, split: str, out_dir: str | os.PathLike,
                  class_names: Sequence[str] = DET_CLASSES, map_classes: Sequence[str] = (),
-                 vocab: Vocabularies | None = None, match_distance: float = 2.0, min_score: float = 0.0) -> None:
+                 vocab: Vocabularies | None = None, match_distance: float = 2.0, min_score: float = 0.0,
+                 has_det: bool = True) -> None:
         self.dataroot, self.version, self.split = str(dataroot), version, split
         self.out_dir = Path(out_dir)
         self.class_names, self.map_classes = tuple(class_names), tuple(map_classes)
         self.vocab = vocab or Vocabularies()
         self.match_distance, self.min_score = float(match_distance), float(min_score)
+        self.has_det = has_det
         self.samples: dict[str, SampleInfo] = {}
         self.reset()
 
@@ -96,10 +98,11 @@ class Evaluator:
         from bev_mtl.data.builder import find_version
 
         data, heads = cfg["data"], cfg["model"]["heads"]
-        det = heads.get("det", {})
+        det = heads.get("det") or {}
         names = tuple(det.get("class_names", DET_CLASSES)) + (("traffic_light",) if det.get("traffic_light") else ())
         return cls(data["root"], find_version(data["root"], data.get("version", "auto")), split, out_dir,
-                   class_names=names, map_classes=tuple(heads.get("map", {}).get("classes", ())))
+                   class_names=names, map_classes=tuple((heads.get("map") or {}).get("classes", ())),
+                   has_det=heads.get("det") is not None)
 
     def set_samples(self, samples: Sequence[SampleInfo]) -> None:
         self.samples = {s.token: s for s in samples}
@@ -230,6 +233,8 @@ class Evaluator:
         return flat
 
     def _detection(self, verbose: bool) -> dict:
+        if not self.has_det:
+            return {"status": "no detection head"}
         if not self.results:
             return {"status": "no samples"}
         if not any(self.results.values()):

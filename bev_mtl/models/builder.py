@@ -139,7 +139,10 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
     heads_cfg = cfg["heads"]
     if not isinstance(heads_cfg, Mapping) or not heads_cfg:
         raise ValueError("heads must be a non-empty dict {name: config}")
-    heads = {name: _build_head(name, entry or {}, bev_out, grid) for name, entry in heads_cfg.items()}
+    # an entry set to None disables a head a base config defines (e.g. single-task ablations)
+    heads = {name: _build_head(name, entry, bev_out, grid) for name, entry in heads_cfg.items() if entry is not None}
+    if not heads:
+        raise ValueError("every head is disabled (None): at least one is required")
     return BEVMultiTaskModel(image_encoder, view_transform, bev_encoder, heads, num_cameras=int(cfg["num_cameras"]),
                              input_size=(W, H), use_depth_supervision=bool(cfg.get("use_depth_supervision", True)),
                              depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"))
