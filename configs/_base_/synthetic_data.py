@@ -10,7 +10,7 @@ data = dict(
     map_line_width=0.5,         # divider / curb band width of the map targets (metres)
     depth_stride=16,            # LiDAR depth targets at the feature stride (if model.use_depth_supervision)
     cbgs=False,                 # class-balanced grouping and sampling of the training set
-    batch_size=2,
+    batch_size=4,
     val_batch_size=2,
     num_workers=2,
     val_max_samples=0,          # validation during training on the first N val samples (0 = all)

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Export a bev-mtl model to ONNX (raw head outputs) and check it against PyTorch in ONNX Runtime.
+
+Two modes:
+
+  calibration as inputs (default)
+      inputs  images [1, N, 3, H, W] (normalised), pix_T_cam [1, N, 3, 3] (at the network input
+              size, image resize/crop folded in), ego_T_cam [1, N, 4, 4]
+      the frustum geometry is computed in the graph: any rig, fixed cost (all points splatted)
+  fixed rig (--fixed-rig CALIB.json or --fixed-rig-from-data)
+      inputs  images only; the rig's pooling indices are baked in as constants (faster, but the
+              file is only valid for that calibration and that image preprocessing)
+
+Outputs (batch 1, static shapes): det_heatmap [1, K, X, Y] logits, det_offset / det_z / det_size /
+det_rot / det_velocity [1, T, n, X, Y], det_shared [1, C, X, Y] (for the attribute sub-heads),
+map [1, C, Xm, Ym] logits. Decoding (sigmoid, top-k, circle NMS, attribute sub-heads) is NOT in
+the graph: run bev_mtl.apis.export.decode(model, outputs) in Python (see docs/deployment.md).
+
+CALIB.json: {"pix_T_cam": [N][3][3] intrinsics at the source image size, "ego_T_cam": [N][4][4],
+"image_size": [W, H] of the source images (default: the network input size)}; cameras in the
+config's data.cameras order. The image transform the Predictor applies (test-time resize + crop)
+is folded in, unless "at_input_size": true says pix_T_cam is already for the network input.
+
+After export the graph is run once in ONNX Runtime on random images and compared with eager
+PyTorch (max abs difference per output); exit status 1 if any exceeds --tolerance.
+
+    python tools/export.py configs/bev_mtl_synthetic.py work_dirs/demo/last.ckpt --onnx demo.onnx
+    python tools/export.py configs/bev_mtl_synthetic.py CKPT --onnx rig.onnx --fixed-rig-from-data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bev_mtl.apis.export import (ExportError, OnnxModel, eager_raw_outputs, export_onnx, fix_rig,  # noqa: E402
+                                 max_abs_diffs)
+from bev_mtl.apis.predictor import load_model, preprocess  # noqa: E402
+from bev_mtl.data.augment import AugmentConfig  # noqa: E402
+from bev_mtl.engine.config import DictAction, load_config  # noqa: E402
+
+
+def calibration_from_json(path: str | Path, input_size: tuple[int, int], data_cfg: dict) -> tuple[torch.Tensor, ...]:
+    """(pix_T_cam [1, N, 3, 3] at the input size, ego_T_cam [1, N, 4, 4]) from a CALIB.json."""
+    calib = json.loads(Path(path).read_text())
+    W, H = calib.get("image_size", input_size)
+    pix, ego = np.asarray(calib["pix_T_cam"], np.float64), np.asarray(calib["ego_T_cam"], np.float64)
+    if calib.get("at_input_size"):  # already the network input's intrinsics: nothing to fold in
+        return torch.from_numpy(pix).float()[None], torch.from_numpy(ego).float()[None]
+    images = [np.zeros((int(H), int(W), 3), np.uint8)] * len(pix)  # only the geometry of the transform matters
+    b = preprocess(images, pix, ego, input_size, AugmentConfig.from_dict(data_cfg.get("augment")).image)
+    return b["pix_T_cam"], b["ego_T_cam"]
+
+
+def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """The rig of the first validation sample of the config's dataset (cameras in data.cameras order)."""
+    from bev_mtl.data.geometry import inv_T
+    from bev_mtl.data.nusc_infos import load_infos
+
+    path = Path(data_cfg["root"]) / f"bev_mtl_infos_{data_cfg['val_split']}.pkl"
+    _, samples = load_infos(path)
+    s = samples[0]
+    by_channel = {c.channel: c for c in s.cameras}
+    cams = [by_channel[c] for c in data_cfg["cameras"]]
+    key_T_global = inv_T(s.global_T_ego)
+    ego = np.stack([key_T_global @ c.global_T_ego @ c.ego_T_cam for c in cams])  # [N, 4, 4] as the dataset does
+    images = [np.zeros((c.size[1], c.size[0], 3), np.uint8) for c in cams]
+    b = preprocess(images, np.stack([c.pix_T_cam for c in cams]), ego, input_size,
+                   AugmentConfig.from_dict(data_cfg.get("augment")).image)
+    print(f"fixed rig from {path} sample {s.token} ({cams[0].size[0]}x{cams[0].size[1]} images)")
+    return b["pix_T_cam"], b["ego_T_cam"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="bev-mtl config file (e.g. configs/bev_mtl_synthetic.py)")
+    ap.add_argument("checkpoint", help="training checkpoint (EMA weights used if present); 'none' = random weights")
+    ap.add_argument("--onnx", required=True, help="output .onnx path (written atomically: temp file + rename)")
+    rig = ap.add_mutually_exclusive_group()
+    rig.add_argument("--fixed-rig", metavar="CALIB.json", help="bake this rig's geometry in (images-only input)")
+    rig.add_argument("--fixed-rig-from-data", action="store_true",
+                     help="bake in the rig of the first sample of the config's validation split")
+    ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18+)")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="export the detection head as trained (36 separate branch convs) instead of fused "
+                         "(one wide 3x3 conv + one grouped 1x1 conv, BN folded: same outputs, faster on CPU)")
+    ap.add_argument("--tolerance", type=float, default=1e-3,
+                    help="max abs difference ONNX Runtime vs eager accepted per output (default 1e-3)")
+    ap.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+                    help="override config keys, e.g. model.view_transform.grid.resolution=0.5")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    cfg = load_config(args.config, args.cfg_options)
+    ckpt = None if args.checkpoint.lower() == "none" else args.checkpoint
+    model, data_cfg = load_model(cfg, ckpt)
+    W, H = model.input_size
+    N = model.num_cameras
+    fixed = bool(args.fixed_rig or args.fixed_rig_from_data)
+    if args.fixed_rig:
+        pix, ego = calibration_from_json(args.fixed_rig, (W, H), data_cfg)
+    elif args.fixed_rig_from_data:
+        pix, ego = calibration_from_data(data_cfg, (W, H))
+    else:
+        from benchmarks.model_latency import rig_batch  # a plausible example rig; any calibration works later
+
+        if N != 6:
+            raise SystemExit(f"example calibration is a 6-camera rig, the model has {N} cameras")
+        example = rig_batch(W, H)
+        pix, ego = example["pix_T_cam"], example["ego_T_cam"]
+    if pix.shape[1] != N:
+        raise SystemExit(f"calibration has {pix.shape[1]} cameras, the model {N}")
+    if fixed:
+        fix_rig(model, pix, ego)
+    batch = {"images": torch.randn(1, N, 3, H, W), "pix_T_cam": pix.float(), "ego_T_cam": ego.float()}
+
+    t0 = time.perf_counter()
+    try:
+        meta = export_onnx(model, args.onnx, batch, fixed_rig=fixed, opset=args.opset, fuse=not args.no_fuse)
+    except ExportError as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 2
+    mode = ("fixed rig" if fixed else "calibration as inputs") + ("" if args.no_fuse else ", fused det head")
+    print(f"wrote {args.onnx} ({Path(args.onnx).stat().st_size / 1e6:.1f} MB, {mode}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    print(f"  inputs : {meta['inputs']}\n  outputs: {meta['outputs']}")
+
+    ref = eager_raw_outputs(model, {**batch, "bev_aug": None})
+    got = OnnxModel(args.onnx).run(batch["images"], batch["pix_T_cam"], batch["ego_T_cam"])
+    diffs = max_abs_diffs(ref, got)
+    print("ONNX Runtime vs eager, max abs diff:")
+    for name, d in diffs.items():
+        print(f"  {name:16s} {d:.2e}{'  EXCEEDS TOLERANCE' if d > args.tolerance else ''}")
+    return 1 if max(diffs.values()) > args.tolerance else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
