@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.engine.checkpoint import load_model_weights
     from bev_mtl.engine.config import load_config, to_plain
-    from bev_mtl.engine.evaluation import Evaluator, format_report
+    from bev_mtl.engine.evaluation import Evaluator
     from bev_mtl.engine.loader import make_loader
     from bev_mtl.models.builder import build_model
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from bev_mtl.apis.fuse import fuse_heads
+from bev_mtl.atomic import atomic_path
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel
 
 __all__ = ["ExportError", "RawOutputs", "flatten_outputs", "eager_raw_outputs", "decode", "fix_rig",
@@ -220,16 +220,8 @@ def export_onnx(model: BEVMultiTaskModel, path: str | os.PathLike, batch: Mappin
         meta["pix_T_cam"] = pool.rig_pix_T_cam.tolist()
         meta["ego_T_cam"] = pool.rig_ego_T_cam.tolist()
     onnx_program.model.metadata_props["bev_mtl"] = json.dumps(meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx_program.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        onnx_program.save(str(tmp))
     return meta
 
 

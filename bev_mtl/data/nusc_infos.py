@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from pyquaternion import Quaternion
+
+from bev_mtl.atomic import atomic_path
 
 from .geometry import make_T
 from .sample import Boxes, CameraInfo, SampleInfo, TrafficLights
@@ -205,15 +206,8 @@ def save_infos(path: Path, samples: list[SampleInfo], meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"metainfo": {"format": INFO_FORMAT, "info_version": INFO_VERSION, **meta},
             "data_list": [_to_plain(s) for s in samples]}
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def load_infos(path: str | os.PathLike) -> tuple[dict, list[SampleInfo]]:

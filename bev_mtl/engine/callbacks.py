@@ -83,7 +83,7 @@ class RankConsistency(L.Callback):
             digests = [None] * dist.get_world_size()
             dist.all_gather_object(digests, digest)
         if trainer.global_rank == 0:
-            from bev_mtl.engine.evaluation import atomic_write_text
+            from bev_mtl.atomic import atomic_write_text
 
             atomic_write_text(os.path.join(self.work_dir, "rank_weights.json"),
                               json.dumps({"world_size": len(digests), "sha256": digests, "step": trainer.global_step}))

@@ -7,16 +7,16 @@ averaged weights with plain model keys. Inference (``Predictor``, ``tools/test.p
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from bev_mtl.atomic import atomic_path
 
 __all__ = ["CheckpointError", "atomic_save", "load_checkpoint", "load_model_weights", "model_state_dict"]
 
@@ -28,22 +28,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``:
-    a reader (or a crash) sees either the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``atomic_path``: a kill mid-write leaves the previous file intact."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

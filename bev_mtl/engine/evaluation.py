@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,29 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from bev_mtl.atomic import atomic_write_text
 from bev_mtl.data.dataset import Vocabularies
 from bev_mtl.data.sample import SampleInfo
 from bev_mtl.models.det_head import DET_CLASSES, to_nuscenes
 
-__all__ = ["Evaluator", "MAP_THRESHOLDS", "atomic_write_text", "format_report"]
+__all__ = ["Evaluator", "MAP_THRESHOLDS", "format_report"]
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * k, 2) for k in range(7))  # 0.35 .. 0.65 (0.5 included)
 ATTR_TASKS = {"vehicle_type": "vehicle_types", "blinker": "blinker", "light": "light", "attr": "attributes"}
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _nan_to_none(obj: Any) -> Any:

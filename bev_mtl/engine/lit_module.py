@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from bev_mtl.models.builder import build_model
 from bev_mtl.mtl.distill import Teacher, distill_loss, missing_from_labelled
-from bev_mtl.mtl.weighting import DWAWeighting, FixedWeighting, GradNormWeighting, build_weighting, group_by_task, \
-    task_of
+from bev_mtl.mtl.weighting import DWAWeighting, GradNormWeighting, build_weighting, group_by_task, task_of
 
 __all__ = ["BEVMTLModule", "MTL_KEYS", "OPTIM_KEYS", "SCHEDULE_KEYS", "TRAIN_KEYS"]
 

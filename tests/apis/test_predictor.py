@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_dict as tiny_model_cfg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -17,20 +18,6 @@ from bev_mtl.models.builder import build_model  # noqa: E402
 
 CAMERAS = ["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
 SRC_W, SRC_H = 256, 96  # source images: not the input size, so the resize + crop is exercised
-
-
-def tiny_model_cfg() -> dict:
-    """6 cameras at 192x64, tiny channels, 40x40 BEV: builds and runs in well under a second."""
-    grid = {"x_range": [-20.0, 20.0], "y_range": [-20.0, 20.0], "resolution": 1.0}
-    return {"num_cameras": 6, "input_size": [192, 64],
-            "image_encoder": {"trunk": "resnet18", "out_channels": 16, "out_stride": 16},
-            "view_transform": {"out_channels": 8, "grid": grid,
-                               "depth_bins": {"start": 2.0, "stop": 26.0, "step": 3.0}},
-            "bev_encoder": {"channels": [8, 16, 32], "out_channels": 8},
-            "heads": {"det": {"shared_channels": 8, "head_channels": 8, "sub_hidden": 8, "score_threshold": 0.05,
-                              "top_k": 20, "nms_radius": 1.0},
-                      "map": {"classes": ["drivable_area", "divider"], "hidden_channels": 8,
-                              "grid": {"x_range": [-20.0, 20.0], "y_range": [-20.0, 20.0], "resolution": 0.5}}}}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bev_mtl.data.builder import apply_label_scheme
 from bev_mtl.data.sample import SampleInfo
