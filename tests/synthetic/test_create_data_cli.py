@@ -55,7 +55,8 @@ def test_unwritable_root(tmp_path):
 
 def test_interrupted_generation_leaves_nothing_complete(tmp_path):
     root = tmp_path / "out"
-    p = subprocess.Popen(TOOL + ["--root", str(root), "--scenes", "4", "--samples-per-scene", "6", "--no-progress",
+    # 12 scenes: far more work than the 6 s before the signal, however fast or loaded the machine
+    p = subprocess.Popen(TOOL + ["--root", str(root), "--scenes", "12", "--samples-per-scene", "6", "--no-progress",
                                  "--image-size", "320x180", "--workers", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(6)
