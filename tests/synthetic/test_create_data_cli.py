@@ -55,10 +55,13 @@ def test_unwritable_root(tmp_path):
 
 def test_interrupted_generation_leaves_nothing_complete(tmp_path):
     root = tmp_path / "out"
-    # 12 scenes: far more work than the 6 s before the signal, however fast or loaded the machine
+    # 12 scenes: far more work than the 6 s before the signal, however fast or loaded the machine.
+    # SIGINT back to its default in the child: a test runner started in the background (`cmd &`)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all.
     p = subprocess.Popen(TOOL + ["--root", str(root), "--scenes", "12", "--samples-per-scene", "6", "--no-progress",
                                  "--image-size", "320x180", "--workers", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6)
     assert p.poll() is None, "generation finished too fast to interrupt"
     p.send_signal(signal.SIGINT)
