@@ -76,7 +76,6 @@ class BEVMTLModule(L.LightningModule):
             else:
                 self.teacher = Teacher.from_student(self.model, mode, float(dcfg.get("decay", 0.999)))
         self.evaluator = evaluator
-        self._val_outputs: list[dict] = []
 
     # ------------------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -183,9 +182,6 @@ class BEVMTLModule(L.LightningModule):
         return self.model
 
     # ---------------------------------------------------------------------------- validation
-    def on_validation_epoch_start(self) -> None:
-        self._val_outputs = []
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         model = self.inference_model().eval()
         if self.evaluator is not None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,6 @@ def resolve_resume(resume: str | None, work_dir: Path) -> str | None:
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
     return resume
-
-
-def _rank_world() -> tuple[int, int]:
-    """Rank and world size as the launcher (Lightning, torchrun or SLURM) will set them."""
-    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if r in os.environ and w in os.environ:
-            return int(os.environ[r]), int(os.environ[w])
-    return 0, 1
 
 
 def run_training(args: argparse.Namespace) -> L.Trainer:

@@ -32,13 +32,21 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_ddp_two_processes_end_with_identical_weights(tiny_synthetic, tmp_path):
+    """Also runs the official validation during training across both ranks (gathered on rank 0)."""
     work = tmp_path / "ddp"
-    res = run(train_cmd(tiny_synthetic, work, "train.max_steps=2") + ["--devices", "2"])
+    res = run(train_cmd(tiny_synthetic, work, "train.max_steps=2", "train.val_every_steps=2") + ["--devices", "2"])
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((work / "rank_weights.json").read_text())
     assert report["world_size"] == 2 and report["step"] == 2
     assert report["sha256"][0] == report["sha256"][1]
     assert (work / "last.ckpt").is_file() and (work / "config.py").is_file()
+    val = json.loads((work / "val" / "metrics.json").read_text())
+    splits = json.loads((tiny_synthetic / "v1.0-mini" / "splits.json").read_text())
+    from nuscenes import NuScenes
+    nusc = NuScenes(version="v1.0-mini", dataroot=str(tiny_synthetic), verbose=False)
+    n_val = sum(nusc.get("scene", s["scene_token"])["name"] in splits["synth_val"] for s in nusc.sample)
+    assert val["num_samples"] == n_val  # both ranks' samples, each once
+    assert (work / "best_nds.ckpt").is_file()
 
 
 def test_sigkill_and_resume_auto_matches_uninterrupted_run(tiny_synthetic, tmp_path):
