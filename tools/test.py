@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         load_model_weights(model, args.checkpoint)
         model.to(args.device).eval()
         dataset = build_dataset(cfg["model"], data, split, train=False)
-        if args.max_samples > 0:
-            dataset.samples, dataset._cams = dataset.samples[:args.max_samples], dataset._cams[:args.max_samples]
+        dataset.limit(args.max_samples)
         evaluator = Evaluator.from_config(cfg, split, out)
         evaluator.set_samples(dataset.samples)
     except (ValueError, FileNotFoundError, KeyError) as e:

@@ -28,12 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bev_mtl.data.builder import build_dataset  # noqa: E402
-from bev_mtl.data.dataset import DET_CLASSES, MultiViewDataset, Vocabularies, collate  # noqa: E402
-from bev_mtl.data.geometry import inv_T, transform_points  # noqa: E402
+from bev_mtl.data.dataset import MultiViewDataset, Vocabularies, collate  # noqa: E402
+from bev_mtl.data.geometry import inv_T  # noqa: E402
 from bev_mtl.data.nusc_infos import DataError  # noqa: E402
-from bev_mtl.data.sample import SampleInfo  # noqa: E402
+from bev_mtl.data.sample import Boxes, SampleInfo  # noqa: E402
 from bev_mtl.engine.checkpoint import CheckpointError  # noqa: E402
 from bev_mtl.engine.config import ConfigError, DictAction, load_config, to_plain  # noqa: E402
+from bev_mtl.models.det_head import det_class_names  # noqa: E402
 from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,  # noqa: E402
                          compose_panels, legend_panel, render_bev)
 from bev_mtl.vis.bev_canvas import GT_COLOUR  # noqa: E402
@@ -121,33 +122,23 @@ def load_results(path: Path) -> dict[str, list[dict]]:
     return obj["results"]
 
 
-def _yaw_of_quaternion(q: Sequence[float], R_ego: np.ndarray) -> float:
-    """Heading in the ego frame of a global rotation quaternion [w, x, y, z]: the box x axis
-    rotated into the ego frame, projected on its xy-plane."""
-    w, x, y, z = (float(v) for v in q)
-    axis = np.array([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)])  # R_global @ e_x
-    a = R_ego @ axis
-    return float(np.arctan2(a[1], a[0]))
-
-
 def results_to_ego(entries: Sequence[Mapping[str, Any]], global_T_ego: np.ndarray
                    ) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
-    """nuScenes result boxes (global) -> (boxes [K, 9] ego, names, scores [K], attribute names)."""
-    ego_T_global = inv_T(global_T_ego)
-    R = ego_T_global[:3, :3]
-    boxes = np.zeros((len(entries), 9))
-    names, attrs, scores = [], [], np.zeros(len(entries))
-    for k, e in enumerate(entries):
-        boxes[k, :3] = transform_points(ego_T_global, np.asarray(e["translation"], np.float64))
-        w, l, h = e["size"]
-        boxes[k, 3:6] = (l, w, h)
-        boxes[k, 6] = _yaw_of_quaternion(e["rotation"], R)
-        v = e.get("velocity") or (0.0, 0.0)
-        boxes[k, 7:9] = (R @ np.array([v[0], v[1], 0.0]))[:2] if np.all(np.isfinite(v)) else 0.0
-        names.append(str(e["detection_name"]))
-        scores[k] = float(e.get("detection_score", 1.0))
-        attrs.append(str(e.get("attribute_name", "")))
-    return boxes, names, scores, attrs
+    """nuScenes result boxes (global, upright) -> (boxes [K, 9] ego, names, scores [K], attribute
+    names), through ``Boxes.to_ego`` like the ground truth."""
+    from pyquaternion import Quaternion
+
+    K = len(entries)
+    vel = np.array([(e.get("velocity") or (0.0, 0.0))[:2] for e in entries], np.float64).reshape(K, 2)
+    boxes = Boxes(center=np.array([e["translation"] for e in entries], np.float64).reshape(K, 3),
+                  lwh=np.array([(e["size"][1], e["size"][0], e["size"][2]) for e in entries],
+                               np.float64).reshape(K, 3),  # nuScenes size is w, l, h
+                  yaw=np.array([Quaternion(e["rotation"]).yaw_pitch_roll[0] for e in entries], np.float64),
+                  velocity=np.where(np.isfinite(vel), vel, 0.0))
+    names = [str(e["detection_name"]) for e in entries]
+    scores = np.array([float(e.get("detection_score", 1.0)) for e in entries])
+    attrs = [str(e.get("attribute_name", "")) for e in entries]
+    return boxes.to_ego(inv_T(global_T_ego)), names, scores, attrs
 
 
 def load_images(sample: SampleInfo, cameras: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -303,9 +294,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     cfg = to_plain(load_config(args.config, args.cfg_options).to_dict())
     model_cfg, data_cfg = cfg["model"], cfg["data"]
     det_cfg = model_cfg.get("heads", {}).get("det") or {}
-    class_names = tuple(det_cfg.get("class_names", DET_CLASSES))
-    if det_cfg.get("traffic_light") and "traffic_light" not in class_names:
-        class_names += ("traffic_light",)  # as CenterHead does: the extra class goes last
+    class_names = det_class_names(det_cfg)
     map_cfg = model_cfg.get("heads", {}).get("map")
     if map_cfg is not None:
         map_cfg = {"classes": map_cfg["classes"], "grid": map_cfg.get("grid") or model_cfg["view_transform"]["grid"]}

@@ -159,6 +159,11 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def limit(self, n: int) -> None:
+        """Keep only the first ``n`` samples (n <= 0: all), e.g. validation on a subset."""
+        if n > 0:
+            self.samples, self._cams = self.samples[:n], self._cams[:n]
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

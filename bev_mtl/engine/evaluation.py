@@ -28,7 +28,7 @@ import torch
 from bev_mtl.atomic import atomic_write_text
 from bev_mtl.data.dataset import Vocabularies
 from bev_mtl.data.sample import SampleInfo
-from bev_mtl.models.det_head import DET_CLASSES, to_nuscenes
+from bev_mtl.models.det_head import DET_CLASSES, det_class_names, to_nuscenes
 
 __all__ = ["Evaluator", "MAP_THRESHOLDS", "format_report"]
 
@@ -83,10 +83,8 @@ class Evaluator:
         from bev_mtl.data.builder import find_version
 
         data, heads = cfg["data"], cfg["model"]["heads"]
-        det = heads.get("det") or {}
-        names = tuple(det.get("class_names", DET_CLASSES)) + (("traffic_light",) if det.get("traffic_light") else ())
         return cls(data["root"], find_version(data["root"], data.get("version", "auto")), split, out_dir,
-                   class_names=names, map_classes=tuple((heads.get("map") or {}).get("classes", ())),
+                   class_names=det_class_names(heads.get("det")), map_classes=tuple((heads.get("map") or {}).get("classes", ())),
                    has_det=heads.get("det") is not None)
 
     def set_samples(self, samples: Sequence[SampleInfo]) -> None:

@@ -98,9 +98,7 @@ def run_training(args: argparse.Namespace) -> L.Trainer:
     val_loader = None
     if val_every > 0:
         val_set = build_dataset(cfg["model"], data, data["val_split"], train=False)
-        n = int(data.get("val_max_samples", 0))
-        if n > 0:
-            val_set.samples, val_set._cams = val_set.samples[:n], val_set._cams[:n]
+        val_set.limit(int(data.get("val_max_samples", 0)))
         module.evaluator.set_samples(val_set.samples)
         val_loader = make_loader(val_set, int(data.get("val_batch_size", 2)), train=False, rank=rank,
                                  world_size=world, num_workers=int(data.get("num_workers", 2)))

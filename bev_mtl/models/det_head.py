@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from bev_mtl.models.det_targets import DetTargets, build_targets, circle_nms, gaussian_focal_loss
 from bev_mtl.models.map_head import GridGeometry, grid_shape
 
-__all__ = ["DEFAULT_TASKS", "CenterHead", "attribute_for_class", "to_nuscenes"]
+__all__ = ["DEFAULT_TASKS", "CenterHead", "attribute_for_class", "det_class_names", "to_nuscenes"]
 
 DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                "pedestrian", "traffic_cone")  # same order as bev_mtl.data.dataset.DET_CLASSES
@@ -35,6 +35,15 @@ DEFAULT_TASKS: tuple[tuple[str, ...], ...] = (("car",), ("truck", "construction_
 REG_BRANCHES = (("offset", 2), ("z", 1), ("size", 3), ("rot", 2), ("velocity", 2))
 SUB_HEADS = ("attr", "vehicle_type", "blinker", "light")
 LIGHT_CLASS = "traffic_light"
+
+
+def det_class_names(det_cfg: Mapping | None) -> tuple[str, ...]:
+    """The class names a ``CenterHead`` built from ``det_cfg`` predicts, in label order: its
+    ``class_names`` (default the 10 nuScenes classes) plus, with ``traffic_light``, that class last."""
+    names = tuple((det_cfg or {}).get("class_names", DET_CLASSES))
+    if (det_cfg or {}).get("traffic_light") and LIGHT_CLASS not in names:
+        names += (LIGHT_CLASS,)
+    return names
 
 
 def _branch(cin: int, hidden: int, cout: int, bias_init: float = 0.0) -> nn.Sequential:
@@ -71,11 +80,9 @@ class CenterHead(nn.Module):
                  sub_hidden: int = 64, min_radius: int = 2, min_overlap: float = 0.1, prior_prob: float = 0.1,
                  traffic_light: bool = False, num_light: int = 4) -> None:
         super().__init__()
-        self.class_names = tuple(class_names)
+        self.class_names = det_class_names({"class_names": class_names, "traffic_light": traffic_light})
         self.tasks = tuple(tuple(t) for t in tasks)
         if traffic_light:
-            if LIGHT_CLASS not in self.class_names:
-                self.class_names += (LIGHT_CLASS,)
             if not any(LIGHT_CLASS in t for t in self.tasks):
                 self.tasks += ((LIGHT_CLASS,),)
         self.light_class = self.class_names.index(LIGHT_CLASS) if traffic_light else -1
