@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bev_mtl.atomic import atomic_write_text  # noqa: E402
+
 ROWS: dict[str, tuple[int, str, list[str]]] = {
     "det_only": (1, "single-task detection", ["model.heads.map=None"]),
     "map_only": (1, "single-task map", ["model.heads.det=None"]),
@@ -36,12 +38,14 @@ ROWS: dict[str, tuple[int, str, list[str]]] = {
     "mtl_uncertainty": (1, "multi-task, uncertainty (Kendall 2018)", ["mtl.weighting.type=uncertainty"]),
     "mtl_gradnorm": (1, "multi-task, GradNorm (Chen 2018)", ["mtl.weighting.type=gradnorm"]),
     "mtl_dwa": (1, "multi-task, DWA (Liu 2019)", ["mtl.weighting.type=dwa"]),
-    "labels_full": (2, "full labels", ["data.labelled.scheme=full"]),
+    "labels_full": (2, "full labels (the multi-task fixed run)", ["mtl.weighting.type=fixed"]),
     "labels_half": (2, "half the scenes labelled", ["data.labelled.scheme=half"]),
     "labels_disjoint": (2, "disjoint halves (boxes / maps)", ["data.labelled.scheme=disjoint"]),
     "labels_disjoint_distill": (2, "disjoint + self-distillation (EMA teacher)",
                                 ["data.labelled.scheme=disjoint", "mtl.distill.enabled=True"]),
 }
+# rows whose config equals another row's: trained once, reported in both tables
+SAME_RUN = {"labels_full": "mtl_fixed"}
 BEGIN, END = "<!-- AUTO:BEGIN (tools/ablate.py) -->", "<!-- AUTO:END -->"
 
 
@@ -61,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_row(args: argparse.Namespace, name: str, seed: int) -> dict:
     _, _, opts = ROWS[name]
-    work = Path(args.out) / name / f"seed{seed}"
+    work = Path(args.out) / SAME_RUN.get(name, name) / f"seed{seed}"
     opts = list(args.cfg_options) + opts + ([f"train.max_steps={args.steps}"] if args.steps else [])
     train = [sys.executable, "tools/train.py", args.config, "--work-dir", str(work), "--seed", str(seed),
              "--resume", "auto", "--no-progress", "--cfg-options", *opts]
@@ -79,7 +83,7 @@ def run_row(args: argparse.Namespace, name: str, seed: int) -> dict:
     subprocess.run(test, cwd=REPO, check=True)
     metrics = json.loads((work / "test" / "metrics.json").read_text())
     info = {"row": name, "seed": seed, "train_s": train_s, "metrics": metrics, **model_stats(args.config, opts)}
-    info_path.write_text(json.dumps(info, indent=1))
+    atomic_write_text(info_path, json.dumps(info, indent=1))
     return info
 
 
@@ -142,8 +146,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def table(rows: dict[str, list[dict]], which: int) -> str:
-    lines = ["| row | NDS | mAP | map mIoU | veh. type acc | blinker acc | light acc | train min | params M | latency ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | seeds | NDS | mAP | map mIoU | veh. type acc | blinker acc | light acc | train min | params M | latency ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, runs in rows.items():
         if ROWS[name][0] != which or not runs:
             continue
@@ -153,7 +157,7 @@ def table(rows: dict[str, list[dict]], which: int) -> str:
         if name == "map_only" and rows.get("det_only"):
             two = summarise(rows["det_only"])["lat"][0] + s["lat"][0]
             lat += f" (two networks: {two:.0f})"
-        lines.append(f"| {ROWS[name][1]} | {cell('nds')} | {cell('map')} | {cell('miou')} | {cell('vt')} | "
+        lines.append(f"| {ROWS[name][1]} | {len(runs)} | {cell('nds')} | {cell('map')} | {cell('miou')} | {cell('vt')} | "
                      f"{cell('bl')} | {cell('li')} | {cell('time', 1)} | {cell('params', 1)} | {lat} |")
     return "\n".join(lines)
 
@@ -161,7 +165,8 @@ def table(rows: dict[str, list[dict]], which: int) -> str:
 def write_doc(path: Path, rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
     seeds = " ".join(map(str, args.seeds))
     body = [BEGIN, "", f"Config `{args.config}`, seeds {seeds}, "
-            f"{args.steps or 'the config''s'} optimiser steps per run, this 2-core CPU. "
+            f"{args.steps or 'the config''s'} optimiser steps per run, this 2-core CPU "
+            "(the seeds column says how many of them a row has finished). "
             f"Reproduce: `python tools/ablate.py --seeds {seeds}" + (f" --steps {args.steps}" if args.steps else "")
             + "`. ± is half the range over seeds.", ""]
     for t, title in ((1, "Table 1 — task balancing"), (2, "Table 2 — partial and disjoint labels")):
@@ -173,21 +178,23 @@ def write_doc(path: Path, rows: dict[str, list[dict]], args: argparse.Namespace)
         text = text[:text.index(BEGIN)] + "\n".join(body) + text[text.index(END) + len(END):]
     else:
         text += "\n" + "\n".join(body) + "\n"
-    path.write_text(text)
+    atomic_write_text(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [n for n in ROWS if ROWS[n][0] in args.tables and (not args.rows or n in args.rows)]
     rows: dict[str, list[dict]] = {n: [] for n in names}
-    for name in names:
-        for seed in args.seeds:
+    # seed-major: every row gets its first seed before any row gets a second, and the document is
+    # rewritten after every run, so an interrupted sweep still leaves complete, comparable tables
+    for seed in args.seeds:
+        for name in names:
             print(f"== {name} seed {seed}", flush=True)
             info = run_row(args, name, seed)
             if info:
                 rows[name].append(info)
+                write_doc(REPO / args.doc, rows, args)
     if not args.dry_run:
-        write_doc(REPO / args.doc, rows, args)
         print(f"written: {args.doc}")
     return 0
 

@@ -13,6 +13,9 @@ so top-k + NMS run on the maximum number of candidates: pass --ckpt for realisti
   both         eager and onnxruntime alternately, run by run, and the speed-up: on a shared
                machine both backends then see the same load
 
+--int8: the ONNX graph's convs run in int8 (tools/export.py --int8, calibrated on the config's
+validation split); pass --ckpt too, since calibrating random weights says little about accuracy.
+
 --fixed-rig: eager fixes the rig (BEVPool.fix_rig, no calibration cache look-up); onnxruntime
 uses the fixed-rig graph (images-only input, constant pooling indices). Without it, eager uses
 the per-calibration plan cache and the ONNX graph computes the geometry from its inputs.
@@ -76,6 +79,8 @@ def _export_child(args: argparse.Namespace, path: Path) -> None:
         cmd += ["--fixed-rig", str(args.rig_json)]
     if args.no_fuse:
         cmd += ["--no-fuse"]
+    if args.int8:
+        cmd += ["--int8", "--int8-tolerance", "inf"]  # speed only: accuracy is tools/test.py --onnx's job
     if args.cfg_options:
         cmd += ["--cfg-options"] + [f"{k}={_cli_value(v)}" for k, v in args.cfg_options.items()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -128,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(must match the config, the mode and the benchmark rig)")
     ap.add_argument("--no-fuse", action="store_true", help="onnxruntime: export the detection head unfused "
                     "(tools/export.py --no-fuse)")
+    ap.add_argument("--int8", action="store_true", help="onnxruntime: export with int8 convs (tools/export.py "
+                    "--int8; calibrates on the config's validation split, so its data must be present)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                     help="override config keys, e.g. model.view_transform.grid.resolution=0.5")
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "config": args.config, "cfg_options": args.cfg_options, "checkpoint": args.ckpt, "backend": args.backend,
         "fixed_rig": args.fixed_rig, "fused_heads": "onnxruntime" in backends and not args.no_fuse,
+        "int8": "onnxruntime" in backends and (args.int8 or bool(onnx.meta.get("int8"))),
         "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
         "input": f"{model.num_cameras}x3x{H}x{W}", "bev_grid": f"{grid.X}x{grid.Y} at {grid.resolution} m",
         "trunk": model.image_encoder.trunk_name, "peak_rss_mb": peak, "peak_rss_reset": reset,
@@ -187,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         result["onnxruntime"] = onnxruntime.__version__
     mode = args.backend + (", fixed rig" if args.fixed_rig else "")
     mode += ", fused det head" if result["fused_heads"] else ""
+    mode += ", int8 convs" if result["int8"] else ""
     print(f"{args.config} [{mode}] {result['input']}, "
           f"{result['trunk']}, BEV {result['bev_grid']}, {args.threads} threads, median of {args.runs} "
           f"after {args.warmup} warm-up (load avg {load0:.1f} -> {result['load_avg'][1]:.1f})")

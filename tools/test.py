@@ -12,6 +12,9 @@ detection_cvpr_2019 (mAP, NDS, TP errors, per-class AP). Map: IoU per class, max
 0.35-0.65 (BEVFusion protocol) and at 0.5. Attributes: accuracy and macro-F1 of vehicle type,
 blinker, traffic-light colour (and the nuScenes attribute) on labelled GT objects matched to a
 prediction of the same class within 2 m.
+
+--onnx FILE scores an exported graph instead (ONNX Runtime, one sample per run, decoded in
+PyTorch as in deployment): e.g. the accuracy cost of tools/export.py --int8.
 """
 from __future__ import annotations
 
@@ -37,8 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
     p.add_argument("--max-samples", type=int, default=0, help="evaluate only the first N samples (0 = all)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.add_argument("--onnx", default=None, help="evaluate this exported graph (tools/export.py, e.g. --int8) in "
+                   "ONNX Runtime instead of the eager model; the checkpoint still provides the decode step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
+
+
+def _onnx_predict(model, onnx, batch) -> list:
+    """``model.predict``-style outputs of an exported graph (batch 1 graph: one run per sample)."""
+    from bev_mtl.apis.export import decode
+
+    out = []
+    for b in range(batch["images"].shape[0]):
+        out += decode(model, onnx.run(**{k: batch[k][b:b + 1] for k in onnx.input_names}))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         dataset.limit(args.max_samples)
         evaluator = Evaluator.from_config(cfg, split, out)
         evaluator.set_samples(dataset.samples)
+        onnx = None
+        if args.onnx:
+            from bev_mtl.apis.export import OnnxModel
+
+            onnx = OnnxModel(args.onnx)
+            if onnx.meta.get("num_cameras", model.num_cameras) != model.num_cameras or \
+                    list(onnx.meta.get("input_size", model.input_size)) != list(model.input_size):
+                raise ValueError(f"{args.onnx} was exported for {onnx.meta.get('num_cameras')} cameras at "
+                                 f"{onnx.meta.get('input_size')}, the config has {model.num_cameras} at "
+                                 f"{list(model.input_size)}")
+            if onnx.fixed_rig:
+                print(f"note: {args.onnx} has a fixed rig baked in: the samples' own calibration is not used")
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"test {split}", unit="batch", disable=args.no_progress):
             batch_dev = {k: (v.to(args.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            evaluator.process(batch, model.predict(batch_dev))
+            evaluator.process(batch, model.predict(batch_dev) if onnx is None else _onnx_predict(model, onnx, batch))
     infer_s = time.time() - t0
     print(f"inference: {len(dataset)} samples in {infer_s:.1f} s; running the nuScenes evaluation ...")
     evaluator.evaluate()

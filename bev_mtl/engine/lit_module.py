@@ -91,10 +91,12 @@ class BEVMTLModule(L.LightningModule):
             total = self.model.total_loss(losses)
             weights = {}
         else:
-            main = {k: v for k, v in losses.items() if task_of(k) in self.tasks}
-            aux = {k: v for k, v in losses.items() if task_of(k) not in self.tasks}
+            # term weights (e.g. regression vs heatmap) stay fixed inside a task; the method weighs tasks
+            weighted = self.model.weighted_terms(losses)
+            main = {k: v for k, v in weighted.items() if task_of(k) in self.tasks}
+            aux = [v for k, v in weighted.items() if task_of(k) not in self.tasks]
             wl = self.weighting(group_by_task(main), present=batch.get("labelled"), shared=outputs["bev_feat"])
-            total = wl.total + (self.model.total_loss(aux) if aux else 0.0)
+            total = wl.total + (sum(aux) if aux else 0.0)
             weights = wl.weights
             self.log_dict({f"mtl/{k}": v for k, v in wl.extra.items()}, batch_size=batch["images"].shape[0])
         if dl:

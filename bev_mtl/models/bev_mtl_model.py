@@ -208,10 +208,15 @@ class BEVMultiTaskModel(nn.Module):
             losses["loss/depth"] = self.view_transform.depth_loss(outputs["depth"], target)
         return losses
 
-    def total_loss(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """Weighted sum of ``loss``'s terms (``loss_weights``; ``depth_weight`` for ``loss/depth``)."""
+    def weighted_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``loss``'s terms times their ``loss_weights`` (``depth_weight`` for ``loss/depth``, default 1):
+        the balance of the terms *within* a task, which a learned task weighting then scales as a whole."""
         weights = {"loss/depth": self.depth_weight, **self.loss_weights}
-        return sum(weights.get(k, 1.0) * v for k, v in losses.items())
+        return {k: weights.get(k, 1.0) * v for k, v in losses.items()}
+
+    def total_loss(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """Sum of ``weighted_terms``."""
+        return sum(self.weighted_terms(losses).values())
 
     @torch.no_grad()
     def predict(self, batch: Mapping[str, Any]) -> list[dict[str, Tensor]]:

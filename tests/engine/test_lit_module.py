@@ -87,3 +87,24 @@ def test_sampler_shards_ranks_and_resumes():
     e1 = ResumableBatchSampler(11, 2, seed=3)
     e1.set_epoch(1)
     assert list(e1) != full and all(ep == 1 for b in e1 for _, ep in b)
+
+
+def test_term_weights_apply_inside_tasks_under_a_learned_weighting(monkeypatch):
+    import warnings
+
+    import torch
+
+    m = module(**{"mtl.weighting.type": "dwa"})  # DWA: every task weight is 1 for the first two windows
+    m.model.loss_weights = {"loss/det/size": 0.25}
+    m.model.depth_weight = 0.5
+    terms = {"loss/det/heatmap": 2.0, "loss/det/size": 4.0, "loss/map/curb": 1.0, "loss/depth": 3.0}
+    feat = torch.ones(1, 2, 3, 3, requires_grad=True)
+    monkeypatch.setattr(m.model, "forward", lambda batch: {"bev_feat": feat})
+    monkeypatch.setattr(m.model, "loss", lambda batch, out: {k: feat.sum() * 0 + v for k, v in terms.items()})
+    batch = {"images": torch.zeros(1, 6, 3, 8, 8), "labelled": {"det": torch.ones(1, dtype=torch.bool),
+                                                                "map": torch.ones(1, dtype=torch.bool)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer
+        total = m.training_step(batch, 0)
+    # det = 2 + 0.25 * 4, map = 1 (each times its DWA weight 1), plus depth outside the weighting at 0.5
+    assert abs(float(total.detach()) - (3.0 + 1.0 + 1.5)) < 1e-6

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,37 @@ def test_perfect_predictions_score_one(tiny_synthetic, tmp_path):
     assert m["miou"] == pytest.approx(1.0) and m["miou_05"] == pytest.approx(1.0)
     for task in ("vehicle_type", "blinker", "light"):
         assert m[f"acc/{task}"] == pytest.approx(1.0), task
+
+
+def _run_test_tool(tiny_synthetic, ckpt, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(REPO / "tools/test.py"), CONFIG, str(ckpt), "--out", str(out),
+                          "--no-progress", "--max-samples", "4", *extra, "--cfg-options", f"data.root={tiny_synthetic}"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((out / "results_nusc.json").read_text()), json.loads((out / "metrics.json").read_text())
+
+
+def test_onnx_graph_scores_like_the_eager_model(tiny_synthetic, random_ckpt, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    onnx_path = tmp_path / "tiny.onnx"
+    res = subprocess.run([sys.executable, str(REPO / "tools/export.py"), CONFIG, str(random_ckpt), "--onnx",
+                          str(onnx_path), "--cfg-options", f"data.root={tiny_synthetic}"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    eager_res, eager_m = _run_test_tool(tiny_synthetic, random_ckpt, tmp_path / "eager")
+    onnx_res, onnx_m = _run_test_tool(tiny_synthetic, random_ckpt, tmp_path / "onnx", "--onnx", str(onnx_path))
+    assert eager_res["results"].keys() == onnx_res["results"].keys()
+    for token, boxes in eager_res["results"].items():
+        top = lambda bs: sorted(bs, key=lambda b: -b["detection_score"])[:10]  # noqa: E731
+        assert len(boxes) > 0
+        for a, b in zip(top(boxes), top(onnx_res["results"][token])):
+            assert a["detection_name"] == b["detection_name"]
+            np.testing.assert_allclose(a["translation"], b["translation"], atol=1e-2)
+            assert abs(a["detection_score"] - b["detection_score"]) < 1e-3
+    assert abs(eager_m["detection"]["nd_score"] - onnx_m["detection"]["nd_score"]) < 1e-3
+    for c, v in eager_m["map_segmentation"]["iou_max"].items():
+        assert (v is None) == (onnx_m["map_segmentation"]["iou_max"][c] is None)
+        assert v is None or abs(v - onnx_m["map_segmentation"]["iou_max"][c]) < 1e-3
