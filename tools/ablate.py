@@ -164,8 +164,9 @@ def table(rows: dict[str, list[dict]], which: int) -> str:
 
 def write_doc(path: Path, rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
     seeds = " ".join(map(str, args.seeds))
+    steps = args.steps or "the config's"
     body = [BEGIN, "", f"Config `{args.config}`, seeds {seeds}, "
-            f"{args.steps or 'the config''s'} optimiser steps per run, this 2-core CPU "
+            f"{steps} optimiser steps per run, this 2-core CPU "
             "(the seeds column says how many of them a row has finished). "
             f"Reproduce: `python tools/ablate.py --seeds {seeds}" + (f" --steps {args.steps}" if args.steps else "")
             + "`. ± is half the range over seeds.", ""]

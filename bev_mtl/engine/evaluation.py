@@ -211,7 +211,7 @@ class Evaluator:
             flat.update(miou=seg["miou_max"], miou_05=seg["miou_0.5"])
             flat.update({f"iou/{c}": v for c, v in seg["iou_max"].items() if not np.isnan(v)})
         for task, r in report["attributes"].items():
-            if isinstance(r, dict) and "accuracy" in r:
+            if isinstance(r, dict) and r.get("accuracy") is not None:
                 flat[f"acc/{task}"] = r["accuracy"]
         return flat
 
@@ -257,7 +257,8 @@ class Evaluator:
                 out[task] = "not labelled"
                 continue
             if not pairs:
-                out[task] = {"labelled_gt": self.labelled_gt[task], "matched": 0, "accuracy": 0.0, "macro_f1": 0.0}
+                # undefined, not 0: no prediction of the class came near a labelled object
+                out[task] = {"labelled_gt": self.labelled_gt[task], "matched": 0, "accuracy": None, "macro_f1": None}
                 continue
             p = np.array([q[0] for q in pairs])
             g = np.array([q[1] for q in pairs])
@@ -340,7 +341,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines += ["", "## Attributes (objects matched to GT)", "", "| attribute | accuracy | macro-F1 | matched / labelled |",
               "|---|---:|---:|---:|"]
     for task, r in report["attributes"].items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and r["matched"] == 0:
+            lines.append(f"| {task} | – (none matched) | – | 0 / {r['labelled_gt']} |")
+        elif isinstance(r, dict):
             lines.append(f"| {task} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['matched']} / {r['labelled_gt']} |")
         else:
             lines.append(f"| {task} | {r} | | |")

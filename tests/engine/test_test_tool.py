@@ -28,14 +28,21 @@ def random_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def test_cli(tiny_synthetic, random_ckpt, tmp_path):
-    out = tmp_path / "eval"
+@pytest.fixture(scope="module")
+def eager_eval(tiny_synthetic, random_ckpt, tmp_path_factory):
+    """tools/test.py on the tiny val split: (output dir, stdout)."""
+    out = tmp_path_factory.mktemp("eval") / "eager"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, str(REPO / "tools/test.py"), CONFIG, str(random_ckpt), "--out", str(out),
                           "--no-progress", "--cfg-options", f"data.root={tiny_synthetic}"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "NDS" in res.stdout and "IoU" in res.stdout
+    return out, res.stdout
+
+
+def test_cli(tiny_synthetic, eager_eval):
+    out, stdout = eager_eval
+    assert "NDS" in stdout and "IoU" in stdout
 
     results = json.loads((out / "results_nusc.json").read_text())
     from nuscenes import NuScenes
@@ -61,8 +68,10 @@ def test_cli(tiny_synthetic, random_ckpt, tmp_path):
     assert (out / "metrics.md").read_text().startswith("# Evaluation")
 
 
-def test_perfect_predictions_score_one(tiny_synthetic, tmp_path):
-    """Evaluator plumbing with GT fed back as predictions: NDS and IoU must be ~1, accuracy 1."""
+@pytest.mark.parametrize("with_lights", [True, False])
+def test_perfect_predictions_score_one(tiny_synthetic, tmp_path, with_lights):
+    """Evaluator plumbing with GT fed back as predictions: NDS and IoU must be ~1, accuracy 1;
+    without any predicted traffic light, the colour accuracy is undefined (None), not 0."""
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.data.dataset import collate
     from bev_mtl.engine.evaluation import Evaluator
@@ -76,6 +85,8 @@ def test_perfect_predictions_score_one(tiny_synthetic, tmp_path):
         batch = collate([ds[i]])
         boxes, labels = batch["gt_boxes"][0], batch["gt_labels"][0]
         lights = batch["gt_light_boxes"][0]
+        if not with_lights:
+            lights = lights[:0]
         onehot = lambda lab, n: torch.nn.functional.one_hot(lab.clamp(min=0), n).float()  # noqa: E731
         K, L = len(boxes), len(lights)
         pred = {"boxes": torch.cat([boxes, lights]), "scores": torch.ones(K + L),
@@ -83,36 +94,36 @@ def test_perfect_predictions_score_one(tiny_synthetic, tmp_path):
                 "attr": torch.cat([onehot(batch["gt_attr"][0], 9), torch.zeros(L, 9)]),
                 "vehicle_type": torch.cat([onehot(batch["gt_vehicle_type"][0], 10), torch.zeros(L, 10)]),
                 "blinker": torch.cat([onehot(batch["gt_blinker"][0], 4), torch.zeros(L, 4)]),
-                "light": torch.cat([torch.zeros(K, 4), onehot(batch["gt_light_labels"][0], 4)]),
+                "light": torch.cat([torch.zeros(K, 4), onehot(batch["gt_light_labels"][0][:L], 4)]),
                 "map": batch["map_targets"][0].float()}
         ev.process(batch, [pred])
     m = ev.evaluate()
     assert m["nds"] > 0.95 and m["mAP"] > 0.95
     assert m["miou"] == pytest.approx(1.0) and m["miou_05"] == pytest.approx(1.0)
-    for task in ("vehicle_type", "blinker", "light"):
+    for task in ("vehicle_type", "blinker") + (("light",) if with_lights else ()):
         assert m[f"acc/{task}"] == pytest.approx(1.0), task
+    if not with_lights:
+        report = json.loads((tmp_path / "perfect" / "metrics.json").read_text())["attributes"]["light"]
+        assert report["matched"] == 0 and report["labelled_gt"] > 0 and report["accuracy"] is None
+        assert "acc/light" not in m and "| light | – (none matched)" in (tmp_path / "perfect" / "metrics.md").read_text()
 
 
-def _run_test_tool(tiny_synthetic, ckpt, out, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, str(REPO / "tools/test.py"), CONFIG, str(ckpt), "--out", str(out),
-                          "--no-progress", "--max-samples", "4", *extra, "--cfg-options", f"data.root={tiny_synthetic}"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((out / "results_nusc.json").read_text()), json.loads((out / "metrics.json").read_text())
-
-
-def test_onnx_graph_scores_like_the_eager_model(tiny_synthetic, random_ckpt, tmp_path):
+def test_onnx_graph_scores_like_the_eager_model(tiny_synthetic, random_ckpt, eager_eval, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    onnx_path = tmp_path / "tiny.onnx"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    onnx_path, out = tmp_path / "tiny.onnx", tmp_path / "onnx"
     res = subprocess.run([sys.executable, str(REPO / "tools/export.py"), CONFIG, str(random_ckpt), "--onnx",
                           str(onnx_path), "--cfg-options", f"data.root={tiny_synthetic}"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    eager_res, eager_m = _run_test_tool(tiny_synthetic, random_ckpt, tmp_path / "eager")
-    onnx_res, onnx_m = _run_test_tool(tiny_synthetic, random_ckpt, tmp_path / "onnx", "--onnx", str(onnx_path))
+    res = subprocess.run([sys.executable, str(REPO / "tools/test.py"), CONFIG, str(random_ckpt), "--out", str(out),
+                          "--no-progress", "--onnx", str(onnx_path), "--cfg-options", f"data.root={tiny_synthetic}"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    load = lambda d, f: json.loads((d / f).read_text())  # noqa: E731
+    eager_res, onnx_res = load(eager_eval[0], "results_nusc.json"), load(out, "results_nusc.json")
+    eager_m, onnx_m = load(eager_eval[0], "metrics.json"), load(out, "metrics.json")
     assert eager_res["results"].keys() == onnx_res["results"].keys()
     for token, boxes in eager_res["results"].items():
         top = lambda bs: sorted(bs, key=lambda b: -b["detection_score"])[:10]  # noqa: E731
