@@ -43,6 +43,9 @@ ROWS: dict[str, tuple[int, str, list[str]]] = {
     "labels_disjoint": (2, "disjoint halves (boxes / maps)", ["data.labelled.scheme=disjoint"]),
     "labels_disjoint_distill": (2, "disjoint + self-distillation (EMA teacher)",
                                 ["data.labelled.scheme=disjoint", "mtl.distill.enabled=True"]),
+    "labels_disjoint_distill_fast": (2, "disjoint + self-distillation (EMA teacher, decay 0.98)",
+                                     ["data.labelled.scheme=disjoint", "mtl.distill.enabled=True",
+                                      "mtl.distill.decay=0.98"]),
 }
 # rows whose config equals another row's: trained once, reported in both tables
 SAME_RUN = {"labels_full": "mtl_fixed"}

@@ -71,10 +71,11 @@ class BEVMTLModule(L.LightningModule):
         self.teacher = None
         if self.distill:
             mode = dcfg.get("teacher", "ema")
-            if mode == "ema" and self.ema is not None and "decay" not in dcfg:
+            decay = dcfg.get("decay")  # None: the training EMA's (shared), else 0.999
+            if mode == "ema" and self.ema is not None and decay is None:
                 self.teacher = self.ema  # one EMA serves both
             else:
-                self.teacher = Teacher.from_student(self.model, mode, float(dcfg.get("decay", 0.999)))
+                self.teacher = Teacher.from_student(self.model, mode, 0.999 if decay is None else float(decay))
         self.evaluator = evaluator
 
     # ------------------------------------------------------------------------------ training

@@ -16,5 +16,7 @@ seed = 0
 mtl = dict(
     weighting=dict(type='fixed'),  # fixed | uncertainty | gradnorm | dwa (+ their arguments)
     tasks=None,                    # tasks the weighting balances (None = every head)
-    distill=dict(enabled=False, teacher='ema', temperature=1.0, weight=1.0),
+    # teacher: ema | snapshot; decay: the EMA teacher's (None = the training EMA's if train.ema is
+    # enabled, else 0.999: a ~1000-step horizon, too long to have learned anything in a short run)
+    distill=dict(enabled=False, teacher='ema', decay=None, temperature=1.0, weight=1.0),
 )

@@ -108,3 +108,11 @@ def test_term_weights_apply_inside_tasks_under_a_learned_weighting(monkeypatch):
         total = m.training_step(batch, 0)
     # det = 2 + 0.25 * 4, map = 1 (each times its DWA weight 1), plus depth outside the weighting at 0.5
     assert abs(float(total.detach()) - (3.0 + 1.0 + 1.5)) < 1e-6
+
+
+def test_distill_teacher_shares_the_training_ema_unless_given_its_own_decay():
+    shared = module(**{"mtl.distill.enabled": True, "train.ema.enabled": True})
+    assert shared.teacher is shared.ema
+    own = module(**{"mtl.distill.enabled": True, "train.ema.enabled": True, "mtl.distill.decay": 0.98})
+    assert own.teacher is not own.ema and own.teacher.decay == 0.98 and own.ema.decay == 0.999
+    assert module(**{"mtl.distill.enabled": True}).teacher.decay == 0.999
