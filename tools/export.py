@@ -94,9 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tolerance", type=float, default=1e-3,
                     help="max abs difference ONNX Runtime vs eager accepted per output (default 1e-3)")
     ap.add_argument("--int8", action="store_true",
-                    help="quantize the convs to int8 (static QDQ, calibrated on real samples of the config's "
-                         "dataset; bev_mtl/apis/quantize.py): faster on CPU, no longer 1e-4 parity, "
-                         "check accuracy with tools/test.py --onnx")
+                    help="quantize the camera-space convs (image encoder, depth net) to int8: static QDQ, "
+                         "calibrated on real samples of the config's validation split (bev_mtl/apis/quantize.py). "
+                         "Faster on CPU, no longer 1e-4 parity: check accuracy with tools/test.py --onnx")
     ap.add_argument("--calib-samples", type=int, default=16,
                     help="--int8: samples of the validation split used to calibrate activation ranges")
     ap.add_argument("--int8-tolerance", type=float, default=0.05,
@@ -109,9 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def calibration_feeds(cfg, input_names: list[str], count: int, held_out: bool = False) -> list[dict[str, np.ndarray]]:
-    """``count`` preprocessed samples spread over the config's validation split, as graph inputs;
-    ``held_out``: instead one sample between the first two calibration picks (not calibrated on)."""
+def calibration_feeds(cfg, input_names: list[str], count: int) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """(``count`` preprocessed samples spread over the config's validation split, one more sample
+    for checking the result: midway between the first two picks, so not calibrated on unless the
+    split is too small), as graph inputs."""
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.engine.config import to_plain
 
@@ -122,16 +123,12 @@ def calibration_feeds(cfg, input_names: list[str], count: int, held_out: bool = 
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise SystemExit(f"--int8 calibrates on the config's validation split ({data.get('root')}, "
                          f"{data.get('val_split')}), which could not be loaded: {e}") from None
+    # spread over the split: different scenes, lighting and traffic
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int))
-    if held_out:
-        picks = picks[:1] + max(1, (len(dataset) - 1) // (2 * max(count - 1, 1)))
-    feeds = []
-    for i in picks:  # spread over the split: different scenes, lighting and traffic
-        item = dataset[int(i)]
-        feeds.append({k: item[k][None].numpy() for k in input_names})
-    if not held_out:
-        print(f"int8 calibration on {len(feeds)} samples of {data['val_split']}")
-    return feeds
+    check = (picks[0] + picks[1]) // 2 if len(picks) > 1 else picks[0]
+    as_inputs = lambda i: {k: v[None].numpy() for k, v in dataset[int(i)].items() if k in input_names}  # noqa: E731
+    print(f"int8 calibration on {len(picks)} samples of {data['val_split']}")
+    return [as_inputs(i) for i in picks], as_inputs(check)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         from bev_mtl.apis.quantize import quantize_int8
 
         try:
-            info = quantize_int8(fp32_path, args.onnx, calibration_feeds(cfg, meta["inputs"], args.calib_samples))
+            calib, check = calibration_feeds(cfg, meta["inputs"], args.calib_samples)
+            info = quantize_int8(fp32_path, args.onnx, calib)
         finally:
             fp32_path.unlink(missing_ok=True)
         print(f"int8: {info['quantized_convs']} camera-space convs quantized, {info['fp32_convs']} BEV convs kept fp32")
@@ -184,10 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8:  # random images would exercise ranges the calibration never saw: compare on a real one
         from bev_mtl.apis.quantize import relative_rms
 
-        real = calibration_feeds(cfg, meta["inputs"], args.calib_samples, held_out=True)[0]
-        real_t = {k: torch.from_numpy(v) for k, v in real.items()}
-        ref = eager_raw_outputs(model, {**batch, **real_t, "bev_aug": None})
-        rel = relative_rms(ref, OnnxModel(args.onnx).run(**real))
+        ref = eager_raw_outputs(model, {**batch, **{k: torch.from_numpy(v) for k, v in check.items()},
+                                        "bev_aug": None})
+        rel = relative_rms(ref, OnnxModel(args.onnx).run(**check))
         print("int8 graph vs eager fp32 on a validation sample, relative error (RMS diff / std of eager):")
         for name, r in rel.items():
             print(f"  {name:16s} {r:.3f}{'  EXCEEDS --int8-tolerance' if r > args.int8_tolerance else ''}")
