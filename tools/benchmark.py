@@ -13,7 +13,7 @@ so top-k + NMS run on the maximum number of candidates: pass --ckpt for realisti
   both         eager and onnxruntime alternately, run by run, and the speed-up: on a shared
                machine both backends then see the same load
 
---int8: the ONNX graph's convs run in int8 (tools/export.py --int8, calibrated on the config's
+--int8: the ONNX graph's camera-space convs run in int8 (tools/export.py --int8, calibrated on the config's
 validation split); pass --ckpt too, since calibrating random weights says little about accuracy.
 
 --fixed-rig: eager fixes the rig (BEVPool.fix_rig, no calibration cache look-up); onnxruntime
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(must match the config, the mode and the benchmark rig)")
     ap.add_argument("--no-fuse", action="store_true", help="onnxruntime: export the detection head unfused "
                     "(tools/export.py --no-fuse)")
-    ap.add_argument("--int8", action="store_true", help="onnxruntime: export with int8 convs (tools/export.py "
+    ap.add_argument("--int8", action="store_true", help="onnxruntime: export with int8 camera-space convs (tools/export.py "
                     "--int8; calibrates on the config's validation split, so its data must be present)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,

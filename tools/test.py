@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.onnx:
             from bev_mtl.apis.export import OnnxModel
 
+            if not Path(args.onnx).is_file():
+                raise FileNotFoundError(f"--onnx {args.onnx}: no such file")
             onnx = OnnxModel(args.onnx)
             if onnx.meta.get("num_cameras", model.num_cameras) != model.num_cameras or \
                     list(onnx.meta.get("input_size", model.input_size)) != list(model.input_size):
