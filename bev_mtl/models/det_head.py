@@ -226,7 +226,8 @@ class CenterHead(nn.Module):
             order = scores.argsort(descending=True)
             boxes, scores, labels, i, j = boxes[order], scores[order], labels[order], i[order], j[order]
             bidx = torch.full_like(i, b)
-            probs = {k: v.softmax(-1) for k, v in self.sub_head_logits(shared, bidx, i, j).items()}  # [K, n]
+            probs = {k: v.float().softmax(-1)  # fp32 also when decoded under bf16 autocast
+                     for k, v in self.sub_head_logits(shared, bidx, i, j).items()}  # [K, n]
             results.append({"boxes": boxes, "scores": scores, "labels": labels, **probs})
         return results
 

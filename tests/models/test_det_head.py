@@ -265,3 +265,18 @@ def test_without_traffic_light_option_lights_are_ignored():
     tg = head.targets(batch)
     assert len(tg.batch) == len(BOXES) and "light" not in head.sub_heads
     assert "loss/det/light" not in head.loss(head(torch.randn(1, 8, 64, 64)), batch)
+
+
+def test_decode_under_bf16_autocast_gives_fp32_that_converts_to_nuscenes():
+    """Validation during bf16-mixed training decodes inside the autocast region: every decoded
+    tensor must come out fp32, which numpy (and so the results JSON) can take."""
+    torch.manual_seed(0)
+    head = CenterHead(8, Grid(), shared_channels=8, head_channels=8, sub_hidden=8).eval()
+    feat = torch.randn(1, 8, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        decoded = head.decode(head(feat), score_threshold=0.0, top_k=20)[0]
+    assert len(decoded["boxes"]) > 0
+    assert {k: v.dtype for k, v in decoded.items() if v.is_floating_point()} == {
+        k: torch.float32 for k in ("boxes", "scores", "attr", "vehicle_type", "blinker")}
+    recs = to_nuscenes(decoded, np.eye(4), None, DET_CLASSES, VOCAB.attributes, sample_token="tok")
+    assert len(recs) == len(decoded["boxes"])
