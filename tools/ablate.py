@@ -172,6 +172,7 @@ def write_doc(path: Path, rows: dict[str, list[dict]], args: argparse.Namespace)
             f"{steps} optimiser steps per run, this 2-core CPU "
             "(the seeds column says how many of them a row has finished). "
             f"Reproduce: `python tools/ablate.py --seeds {seeds}" + (f" --steps {args.steps}" if args.steps else "")
+            + (" --cfg-options " + " ".join(args.cfg_options) if args.cfg_options else "")
             + "`. ± is half the range over seeds.", ""]
     for t, title in ((1, "Table 1 — task balancing"), (2, "Table 2 — partial and disjoint labels")):
         if t in args.tables:

@@ -2,11 +2,13 @@
 optim = dict(type='AdamW', lr=3e-3, weight_decay=1e-2, betas=[0.9, 0.999])
 schedule = dict(type='onecycle', warmup=0.1)  # onecycle | cosine | constant; warmup = fraction of steps
 train = dict(
-    max_steps=260,           # optimiser steps (the budget): ~9 min at batch 4 on 2 cores
+    max_steps=380,           # optimiser steps (the budget): ~9.5 min at batch 4 on 2 cores in bf16
     val_every_steps=0,       # validation during training every N steps (0 = only at the end)
     log_every_steps=10,
     grad_clip=35.0,          # max grad norm (0 = off)
-    precision='32-true',     # Lightning precision: 32-true | bf16-mixed | 16-mixed (GPU)
+    # Lightning precision: auto | 32-true | bf16-mixed | 16-mixed (GPU). auto = bf16 autocast where the
+    # device computes bf16 natively (AVX512-BF16 / AMX CPUs: 1.6x faster steps here), else fp32 on a CPU
+    precision='auto',
     ema=dict(enabled=False, decay=0.999),
     checkpoint_every_steps=100,
     deterministic=False,
