@@ -2,8 +2,15 @@
 #   python tools/create_data.py synthetic --root data/synthetic_8cam --rig ring8
 #   python tools/train.py configs/bev_mtl_synthetic_8cam.py
 _base_ = ['_base_/synthetic_data.py', '_base_/model_r18_demo.py', '_base_/schedule_cpu.py']
+# Same short-run recipe as configs/bev_mtl_synthetic.py (stride-8 features, no augmentation; see why there).
 data = dict(root='data/synthetic_8cam',
             cameras=['CAM_FRONT', 'CAM_FRONT_LEFT', 'CAM_LEFT', 'CAM_BACK_LEFT', 'CAM_BACK', 'CAM_BACK_RIGHT',
-                     'CAM_RIGHT', 'CAM_FRONT_RIGHT'])
-model = dict(num_cameras=8)
+                     'CAM_RIGHT', 'CAM_FRONT_RIGHT'],
+            depth_stride=8,
+            augment=dict(
+                image=dict(resize_range=[1.0, 1.0], bottom_crop_range=[0.11, 0.11], flip_prob=0.0,
+                           rotate_deg=[0.0, 0.0], photometric_prob=0.0),
+                bev=dict(rotate_deg=[0.0, 0.0], scale_range=[1.0, 1.0], flip_x_prob=0.0, flip_y_prob=0.0)))
+model = dict(num_cameras=8, image_encoder=dict(out_stride=8))
+train = dict(max_steps=450)
 notes = 'CPU demo, 8-camera ring rig (ring8).'

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Multi-task ablations on the synthetic world: train + test every row, write docs/ablations.md.
 
-    python tools/ablate.py                       # both tables, seed 0, the demo config's budget
+    python tools/ablate.py                       # both tables, seed 0, configs/ablation_synthetic.py
     python tools/ablate.py --steps 300 --seeds 0 1 --tables 1
     python tools/ablate.py --rows mtl_fixed mtl_gradnorm --out work_dirs/ablate
 
@@ -54,7 +54,7 @@ BEGIN, END = "<!-- AUTO:BEGIN (tools/ablate.py) -->", "<!-- AUTO:END -->"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/bev_mtl_synthetic.py", help="base config of every row")
+    p.add_argument("--config", default="configs/ablation_synthetic.py", help="base config of every row")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the config's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (each row runs once per seed)")
     p.add_argument("--tables", type=int, nargs="+", default=[1, 2], choices=[1, 2])
