@@ -12,5 +12,4 @@ data = dict(root='data/synthetic_8cam',
                            rotate_deg=[0.0, 0.0], photometric_prob=0.0),
                 bev=dict(rotate_deg=[0.0, 0.0], scale_range=[1.0, 1.0], flip_x_prob=0.0, flip_y_prob=0.0)))
 model = dict(num_cameras=8, image_encoder=dict(out_stride=8))
-train = dict(max_steps=380)
 notes = 'CPU demo, 8-camera ring rig (ring8).'
