@@ -6,10 +6,6 @@ _base_ = ['_base_/synthetic_data.py', '_base_/model_r18_demo.py', '_base_/schedu
 data = dict(root='data/synthetic_8cam',
             cameras=['CAM_FRONT', 'CAM_FRONT_LEFT', 'CAM_LEFT', 'CAM_BACK_LEFT', 'CAM_BACK', 'CAM_BACK_RIGHT',
                      'CAM_RIGHT', 'CAM_FRONT_RIGHT'],
-            depth_stride=8,
-            augment=dict(
-                image=dict(resize_range=[1.0, 1.0], bottom_crop_range=[0.11, 0.11], flip_prob=0.0,
-                           rotate_deg=[0.0, 0.0], photometric_prob=0.0),
-                bev=dict(rotate_deg=[0.0, 0.0], scale_range=[1.0, 1.0], flip_x_prob=0.0, flip_y_prob=0.0)))
+            depth_stride=8, augment='off')
 model = dict(num_cameras=8, image_encoder=dict(out_stride=8))
 notes = 'CPU demo, 8-camera ring rig (ring8).'

@@ -72,13 +72,30 @@ class AugmentConfig:
     bev: BevAugConfig = field(default_factory=BevAugConfig)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | "AugmentConfig" | None) -> "AugmentConfig":
+    def off(cls) -> "AugmentConfig":
+        """No augmentation: training sees exactly the test-time view (the default resize, the
+        mean bottom crop, no flip / rotation / jitter, identity ``bev_aug``). For runs too short
+        to overfit, where every random transform is one more thing to learn."""
+        image = ImageAugConfig()
+        crop = sum(image.bottom_crop_range) / 2
+        image = ImageAugConfig(resize_range=(image.test_resize, image.test_resize), bottom_crop_range=(crop, crop),
+                               flip_prob=0.0, rotate_deg=(0.0, 0.0), photometric_prob=0.0)
+        bev = BevAugConfig(rotate_deg=(0.0, 0.0), scale_range=(1.0, 1.0), flip_x_prob=0.0, flip_y_prob=0.0,
+                           translate_std=(0.0, 0.0, 0.0))
+        return cls(image=image, bev=bev)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | "AugmentConfig" | str | None) -> "AugmentConfig":
         """From ``{"image": {...}, "bev": {...}}`` (unknown keys are an error: a typo must not
-        silently disable an augmentation)."""
+        silently disable an augmentation), or ``"off"`` (``AugmentConfig.off()``)."""
         if d is None:
             return cls()
         if isinstance(d, AugmentConfig):
             return d
+        if isinstance(d, str):
+            if d != "off":
+                raise ValueError(f"augment config {d!r}: expected 'off' or a dict with 'image' / 'bev'")
+            return cls.off()
         unknown = set(d) - {"image", "bev"}
         if unknown:
             raise ValueError(f"unknown augment config keys {sorted(unknown)}; expected 'image', 'bev'")

@@ -230,3 +230,24 @@ def test_label_images_follow_the_same_geometry() -> None:
         got = out[v.ravel(), u.ravel()].astype(np.int64)
         gu, gv = got % W, got // W
         assert np.abs(gu - back[:, 0]).max() <= 1.5 and np.abs(gv - back[:, 1]).max() <= 1.5
+
+
+def test_augment_off_trains_on_the_test_time_view():
+    cfg = AugmentConfig.from_dict("off")
+    assert cfg == AugmentConfig.off()
+    rng = np.random.default_rng(0)
+    test = sample_image_aug(rng, (800, 450), (256, 96), cfg.image, train=False)
+    for _ in range(5):
+        train = sample_image_aug(rng, (800, 450), (256, 96), cfg.image, train=True)
+        np.testing.assert_allclose(train.matrix, test.matrix, atol=1e-9)
+        assert not train.flip
+        np.testing.assert_allclose(sample_bev_aug(rng, cfg.bev, train=True), np.eye(4), atol=1e-12)
+    # the default config does augment, so the comparison above can fail
+    default = AugmentConfig()
+    drawn = [sample_image_aug(rng, (800, 450), (256, 96), default.image, train=True).matrix for _ in range(5)]
+    assert any(not np.allclose(m, test.matrix) for m in drawn)
+
+
+def test_augment_unknown_string_is_an_error():
+    with pytest.raises(ValueError, match="'on'"):
+        AugmentConfig.from_dict("on")
