@@ -2,7 +2,7 @@
 """Samples/s of the training data pipeline (MultiViewDataset + DataLoader) per worker count.
 
 Training mode: image + BEV augmentation, map targets (default MapTargetConfig), depth targets
-(stride 16), ImageNet-normalised float images, batch collation. Prints a markdown table and
+(stride 16), uint8 images (the model normalises), batch collation. Prints a markdown table and
 exits non-zero when the rate with the largest worker count is below --target.
 
     python benchmarks/data_throughput.py [--root data/synthetic] [--input-size 704x256]

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(p.numel() for p in encoder.parameters()) / 1e6
         cells = []
         for w, h in sizes:
-            images = torch.randn(args.cams, 3, h, w)  # [B*N, 3, H, W] with B = 1
+            images = torch.randint(0, 256, (args.cams, 3, h, w), dtype=torch.uint8)  # [B*N, 3, H, W] with B = 1
             cells.append(time_forward(encoder, images, args.repeats) * 1e3)
         rows.append((trunk, params, cells))
         print(f"{trunk}: " + ", ".join(f"{c:.0f} ms" for c in cells), file=sys.stderr)

@@ -57,7 +57,7 @@ def rig_batch(W: int, H: int) -> dict:
         T[:3, :3] = torch.stack([right, down, fwd], dim=1)
         T[:3, 3] = torch.tensor([0.0, 0.0, 1.5])
         ego_T_cam.append(T)
-    return {"images": torch.randn(1, 6, 3, H, W), "pix_T_cam": K.expand(1, 6, 3, 3).clone(),
+    return {"images": torch.randint(0, 256, (1, 6, 3, H, W), dtype=torch.uint8), "pix_T_cam": K.expand(1, 6, 3, 3).clone(),
             "ego_T_cam": torch.stack(ego_T_cam)[None], "bev_aug": torch.eye(4)[None]}
 
 

@@ -9,8 +9,10 @@ _base_ = ['_base_/nuscenes_data.py']
 model = dict(
     num_cameras=6,
     input_size=[704, 256],
-    image_encoder=dict(trunk='resnet50', out_channels=256, out_stride=16, pretrained=None,  # e.g. a local
-                       freeze_stages=-1),                                                    # ImageNet .pth
+    # ImageNet ResNet-50 through torchvision's own cache ($TORCH_HOME/hub/checkpoints/resnet50-11ad3fa6.pth,
+    # downloaded once with its hash check; offline clusters pre-seed it: docs/getting_started.md)
+    image_encoder=dict(trunk='resnet50', out_channels=256, out_stride=16,
+                       pretrained='torchvision:ResNet50_Weights.IMAGENET1K_V2', freeze_stages=-1),
     view_transform=dict(out_channels=80, grid=dict(x_range=[-51.0, 51.0], y_range=[-51.0, 51.0], resolution=0.5),
                         depth_bins=dict(start=1.0, stop=60.0, step=0.5)),
     bev_encoder=dict(channels=[160, 320, 640], out_channels=256),

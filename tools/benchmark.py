@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference latency of a bev-mtl config: eager PyTorch per stage, or the ONNX Runtime graph.
 
-Batch 1, random normalised images and a synthetic 6-camera rig (benchmarks/model_latency.py
+Batch 1, random pixel images and a synthetic 6-camera rig (benchmarks/model_latency.py
 rig_batch) at the config's input size; latency does not depend on the image content, but the
 decode stage does depend on the weights (random weights put ~all heatmap cells near the prior,
 so top-k + NMS run on the maximum number of candidates: pass --ckpt for realistic decode times).

@@ -4,7 +4,7 @@
 Two modes:
 
   calibration as inputs (default)
-      inputs  images [1, N, 3, H, W] (normalised), pix_T_cam [1, N, 3, 3] (at the network input
+      inputs  images [1, N, 3, H, W] (float32 pixels 0..255; the graph normalises), pix_T_cam [1, N, 3, 3] (at the network input
               size, image resize/crop folded in), ego_T_cam [1, N, 4, 4]
       the frustum geometry is computed in the graph: any rig, fixed cost (all points splatted)
   fixed rig (--fixed-rig CALIB.json or --fixed-rig-from-data)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"calibration has {pix.shape[1]} cameras, the model {N}")
     if fixed:
         fix_rig(model, pix, ego)
-    batch = {"images": torch.randn(1, N, 3, H, W), "pix_T_cam": pix.float(), "ego_T_cam": ego.float()}
+    batch = {"images": torch.rand(1, N, 3, H, W) * 255.0, "pix_T_cam": pix.float(), "ego_T_cam": ego.float()}
 
     t0 = time.perf_counter()
     fp32_path = Path(args.onnx).with_suffix(".fp32.onnx") if args.int8 else Path(args.onnx)

@@ -2,7 +2,8 @@
 
 Two graphs (both batch 1, static shapes):
 
-* calibration as inputs: ``images [1, N, 3, H, W], pix_T_cam [1, N, 3, 3], ego_T_cam [1, N, 4, 4]``;
+* calibration as inputs: ``images [1, N, 3, H, W]`` (float32 pixels 0..255: the graph begins with
+  the trunk's normalisation), ``pix_T_cam [1, N, 3, 3], ego_T_cam [1, N, 4, 4]``;
   the frustum geometry is computed in-graph and every point is splatted (invalid ones into a
   trash row: ``bev_pool_dense``), so any rig works at a fixed cost;
 * fixed rig: ``images`` only; the rig's pooling plan (valid points sorted by cell) is baked in as

@@ -2,13 +2,13 @@
 
     images: N x [H, W, 3] uint8 RGB (any source size) + calibration {pix_T_cam [N, 3, 3] at the
     source size, ego_T_cam [N, 4, 4]}
-      -> preprocess (the dataset's *test-time* resize + crop, ImageNet normalisation, the image
-         transform folded into the intrinsics)                -> model batch (B = 1)
+      -> preprocess (the dataset's *test-time* resize + crop, the image transform folded into the
+         intrinsics; the model normalises the uint8 pixels)   -> model batch (B = 1)
       -> BEVMultiTaskModel.predict                             -> boxes / scores / labels / map ...
       -> numpy dict with class / attribute names
 
 Preprocessing reuses ``bev_mtl.data.augment`` (``sample_image_aug(train=False)``,
-``apply_image_aug``, ``normalize_image``) rather than a plain resize: the network was trained and
+``apply_image_aug``) rather than a plain resize: the network was trained and
 evaluated on images scaled to cover the input window and bottom-cropped, so any other resize is
 a distribution shift the intrinsics cannot undo (the geometry would be right, the pixels not).
 
@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from bev_mtl.data.augment import (AugmentConfig, ImageAugConfig, apply_image_aug, normalize_image,
-                                  sample_image_aug)
+from bev_mtl.data.augment import AugmentConfig, ImageAugConfig, apply_image_aug, sample_image_aug
 from bev_mtl.data.dataset import Vocabularies
 from bev_mtl.engine.checkpoint import load_model_weights
 from bev_mtl.engine.config import load_config, to_plain
@@ -88,7 +87,7 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, pix_T_cam: np.ndarray,
 
     images: N arrays [H_n, W_n, 3] uint8 RGB (cameras may differ in size); pix_T_cam [N, 3, 3]
     intrinsics of those source images; ego_T_cam [N, 4, 4]; input_size (W, H) of the network.
-    Returns {"images" [1, N, 3, H, W] float32 normalised, "pix_T_cam" [1, N, 3, 3] (the image
+    Returns {"images" [1, N, 3, H, W] uint8 pixels (the model normalises), "pix_T_cam" [1, N, 3, 3] (the image
     transform folded in), "ego_T_cam" [1, N, 4, 4], "bev_aug" [1, 4, 4] identity}. ValueError on
     a wrong count, dtype, shape or a non-finite calibration."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -102,7 +101,7 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, pix_T_cam: np.ndarray,
     T = _as_matrices("ego_T_cam", ego_T_cam, n, (4, 4))  # [N, 4, 4]
     cfg = image_cfg or ImageAugConfig()
     W, H = (int(v) for v in input_size)
-    out = np.empty((n, 3, H, W), np.float32)  # [N, 3, H, W]
+    out = np.empty((n, 3, H, W), np.uint8)  # [N, 3, H, W]
     folded = np.empty((n, 3, 3))
     rng = np.random.default_rng(0)  # unused at test time (deterministic transform), required by the API
     for k, img in enumerate(images):
@@ -110,7 +109,7 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, pix_T_cam: np.ndarray,
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
             raise ValueError(f"image {k} must be [H, W, 3] uint8 RGB, got {img.dtype} {list(img.shape)}")
         aug = sample_image_aug(rng, (img.shape[1], img.shape[0]), (W, H), cfg, train=False)
-        normalize_image(apply_image_aug(np.ascontiguousarray(img), aug), out[k])
+        out[k] = apply_image_aug(np.ascontiguousarray(img), aug).transpose(2, 0, 1)
         folded[k] = aug.matrix @ K[k]
     return {"images": torch.from_numpy(out)[None], "pix_T_cam": torch.from_numpy(folded).float()[None],
             "ego_T_cam": torch.from_numpy(T).float()[None], "bev_aug": torch.eye(4)[None]}
@@ -197,7 +196,7 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_batch(self, batch: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
-        """An already collated model batch (``images`` [B, N, 3, H, W] normalised, ``pix_T_cam``
+        """An already collated model batch (``images`` [B, N, 3, H, W] uint8 pixels, ``pix_T_cam``
         at the input size, ``ego_T_cam``, optional ``bev_aug``) -> one numpy dict per sample."""
         keys = ("images", "pix_T_cam", "ego_T_cam", "bev_aug")
         batch = {k: batch[k].to(self.device) for k in keys if batch.get(k) is not None}

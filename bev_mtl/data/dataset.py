@@ -2,7 +2,8 @@
 
 One item (see docs/design.md, "Multi-view dataset")::
 
-    images      [N, 3, H_in, W_in] float32  RGB, ImageNet-normalised, cameras in config order
+    images      [N, 3, H_in, W_in] uint8  RGB pixels, cameras in config order (the image encoder
+                normalises them as its trunk was trained: a quarter of the bytes between processes)
     pix_T_cam   [N, 3, 3]  float32  intrinsics with the image augmentation folded in (img_aug @ K)
     img_aug     [N, 3, 3]  float32  the image augmentation alone (stored pixel -> input pixel)
     ego_T_cam   [N, 4, 4]  float32  camera -> KEYFRAME ego (through the camera's own ego pose)
@@ -13,6 +14,9 @@ One item (see docs/design.md, "Multi-view dataset")::
     gt_attr / gt_vehicle_type / gt_blinker [M] int64   -1 = unknown / not applicable
                                  (attr 'none' for barrier/cone, -1 if another class has none)
     gt_light_boxes [K, 9], gt_light_labels [K] (-1 unknown), gt_light_mask [K]
+    gt_boxes_2d [T, 9] float32  every (camera, box) pair where a gt_boxes row is seen, at the network
+                input: camera n, row m of gt_boxes, centre u, v, centre depth, 2D box x1, y1, x2, y2
+                (``geometry.boxes_in_cameras``: mmdetection3d's cam_instances rule)
     map_targets [C, X, Y] uint8  (only with a map config; MapRasterizer grid, augmented frame)
     depth       [N, H_in / s, W_in / s] float32  (only with depth_targets; 0 = no LiDAR point)
     labelled    {task: bool};  token str
@@ -32,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import (AugmentConfig, apply_image_aug, bev_aug_2d, normalize_image, photometric_jitter,
+from .augment import (AugmentConfig, apply_image_aug, bev_aug_2d, photometric_jitter,
                       sample_bev_aug, sample_image_aug, transform_boxes)
-from .geometry import inv_T
+from .geometry import boxes_in_cameras, inv_T, transform_points
 from .map_targets import MapRasterizer, MapTargetConfig
 from .nusc_infos import DataError, check_camera, check_image_file, load_infos
 from .sample import Boxes, CameraInfo, SampleInfo
@@ -201,7 +205,7 @@ class MultiViewDataset(Dataset):
         bev_aug = sample_bev_aug(rng, cfg.bev, self.train)  # [4, 4]
         W_in, H_in = self.input_size
         N = len(cams)
-        images = np.empty((N, 3, H_in, W_in), np.float32)
+        images = np.empty((N, 3, H_in, W_in), np.uint8)
         img_aug = np.empty((N, 3, 3))
         pix_T_cam = np.empty((N, 3, 3))
         ego_T_cam = np.empty((N, 4, 4))
@@ -211,7 +215,7 @@ class MultiViewDataset(Dataset):
             out = apply_image_aug(img, ia)  # [H_in, W_in, 3] uint8
             if ia.photometric is not None:
                 out = photometric_jitter(out, ia.photometric)
-            normalize_image(out, images[n])
+            images[n] = out.transpose(2, 0, 1)  # [3, H_in, W_in]
             img_aug[n] = ia.matrix
             pix_T_cam[n] = ia.matrix @ cam.pix_T_cam
             # through the camera's own ego pose: cameras fire up to ~40 ms off the keyframe
@@ -221,6 +225,7 @@ class MultiViewDataset(Dataset):
             "img_aug": torch.from_numpy(img_aug).float(), "pix_T_cam": torch.from_numpy(pix_T_cam).float(),
             "ego_T_cam": torch.from_numpy(ego_T_cam).float(), "bev_aug": torch.from_numpy(bev_aug).float()}
         item.update(self._box_targets(s, key_T_global, bev_aug))
+        item["gt_boxes_2d"] = torch.from_numpy(self._boxes_2d(s, key_T_global, pix_T_cam, ego_T_cam)).float()
         labelled = {"det": bool(s.labelled.get("det", True)), "blinker": bool(s.labelled.get("blinker", False)),
                     "light": bool(s.labelled.get("light", False) and s.traffic_lights is not None),
                     "map": self.map_config is not None and bool(s.labelled.get("map", True)),
@@ -265,6 +270,18 @@ class MultiViewDataset(Dataset):
             out["gt_light_labels"] = torch.zeros(0, dtype=torch.int64)
             out["gt_light_mask"] = torch.zeros(0, dtype=torch.bool)
         return out
+
+    def _boxes_2d(self, s: SampleInfo, key_T_global: np.ndarray, pix_T_cam: np.ndarray,
+                  ego_T_cam: np.ndarray) -> np.ndarray:
+        """[T, 9] image-space views of the det-class boxes (rows index ``gt_boxes``): the cameras see
+        the un-augmented keyframe ego frame, so no bev_aug here."""
+        keep = np.flatnonzero(_index(s.boxes.detection_name, self.det_classes) >= 0)
+        b = _subset(s.boxes, keep)
+        corners = transform_points(key_T_global, b.corners_global())  # [M, 8, 3]
+        centers = transform_points(key_T_global, b.center)
+        cam_T_key = np.stack([inv_T(T) for T in ego_T_cam])  # [N, 4, 4]
+        W_in, H_in = self.input_size
+        return boxes_in_cameras(corners, centers, pix_T_cam, cam_T_key, W_in, H_in)
 
     def _in_range(self, box9: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = self.bev_range
@@ -316,7 +333,7 @@ _STACKED = ("images", "img_aug", "pix_T_cam", "ego_T_cam", "bev_aug", "map_targe
 
 def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack; inside a DataLoader worker straight into shared memory, saving the copy
-    the queue would make to move a ~13 MB-per-sample image batch there (as default_collate does)."""
+    the queue would make to move the image batch there (as default_collate does)."""
     if torch.utils.data.get_worker_info() is None:
         return torch.stack(ts)
     out = torch.empty((len(ts),) + tuple(ts[0].shape), dtype=ts[0].dtype).share_memory_()

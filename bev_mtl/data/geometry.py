@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = [
     "make_T", "inv_T", "transform_points", "intrinsics_3x3", "project_points",
-    "box_corners_to_image", "image_box_2d", "grid_cells", "yaw_T",
+    "box_corners_to_image", "image_box_2d", "boxes_in_cameras", "grid_cells", "yaw_T",
 ]
 
 
@@ -168,3 +168,43 @@ def image_box_2d(corners_cam: np.ndarray, pix_T_cam: np.ndarray, width: float, h
         if len(clipped):
             out[m] = [*clipped.min(0), *clipped.max(0)]
     return out
+
+
+def boxes_in_cameras(corners_x: np.ndarray, centers_x: np.ndarray, pix_T_cam: np.ndarray, cam_T_x: np.ndarray,
+                     width: int, height: int) -> np.ndarray:
+    """Every (camera, box) pair where a 3D box is seen: rows [T, 9] of
+    (camera n, box index m, centre u, centre v, centre depth, x1, y1, x2, y2), cameras in order,
+    boxes in order within a camera.
+
+    ``corners_x`` [M, 8, 3] and ``centers_x`` [M, 3] are in a frame x shared by the cameras (e.g. the
+    keyframe ego frame), ``pix_T_cam`` [N, 3, 3] and ``cam_T_x`` [N, 4, 4] per camera, the image
+    ``width`` x ``height``. A pair is kept by mmdetection3d's ``cam_instances`` rule: the centre is
+    in front of the camera and ``image_box_2d`` (hull of the in-front corners clipped to the image)
+    is not empty; the centre pixel may lie outside the image. Pairs whose corners are all behind
+    or far off the image are rejected vectorised before the per-box hull, so the cost follows the
+    visible boxes, not M x N.
+    """
+    corners_x = np.asarray(corners_x, np.float64).reshape(-1, 8, 3)
+    M = len(corners_x)
+    rows: list[np.ndarray] = []
+    for n in range(len(cam_T_x)):
+        K = intrinsics_3x3(pix_T_cam[n])
+        uv_c, depth_c = project_points(K, cam_T_x[n], centers_x)  # [M, 2], [M]
+        cam = transform_points(cam_T_x[n], corners_x.reshape(-1, 3)).reshape(M, 8, 3)  # [M, 8, 3]
+        z = cam[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = (cam @ K.T)[..., :2] / z[..., None]  # [M, 8, 2]; garbage behind the camera, masked below
+        front = z > 0  # [M, 8]
+        lo = np.where(front[..., None], uv, np.inf).min(1)  # [M, 2] bounds of the in-front corners
+        hi = np.where(front[..., None], uv, -np.inf).max(1)
+        # a hull whose in-front corners' bounds miss the image cannot meet it (conservative: the
+        # exact test below decides)
+        maybe = (depth_c > 0) & front.any(1) & (hi[:, 0] >= 0) & (lo[:, 0] <= width) & (hi[:, 1] >= 0) & (lo[:, 1] <= height)
+        idx = np.flatnonzero(maybe)
+        if len(idx) == 0:
+            continue
+        box2d = image_box_2d(cam[idx], K, width, height)  # [k, 4]
+        ok = ~np.isnan(box2d[:, 0])
+        idx, box2d = idx[ok], box2d[ok]
+        rows.append(np.concatenate([np.full((len(idx), 1), n), idx[:, None], uv_c[idx], depth_c[idx, None], box2d], 1))
+    return np.concatenate(rows) if rows else np.zeros((0, 9))

@@ -5,6 +5,7 @@
       -> LiftSplat (depth x context, splat to BEV)     -> bev [B, Cv, X, Y], depth [B, N, D, h, w]
       -> BEVEncoder                                    -> bev_feat [B, Cb, X, Y]
       -> every head                                    -> outputs[name]
+    training only: feats -> PerspectiveHead (image-space centres, 2D boxes, depth) -> outputs["persp"]
 
 Head protocol (adding a task = one file + one config entry)
 -----------------------------------------------------------
@@ -38,6 +39,7 @@ from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.det_head import CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
 from bev_mtl.models.map_head import GridGeometry, MapHead
+from bev_mtl.models.perspective_head import PerspectiveHead
 from bev_mtl.models.view_transform import BEVGrid, LiftSplat
 
 __all__ = ["BEVMultiTaskModel", "DetTask", "MapTask"]
@@ -118,17 +120,20 @@ class BEVMultiTaskModel(nn.Module):
             the batch carries ``depth`` targets.
         depth_weight: weight of ``loss/depth`` in ``total_loss``.
         loss_weights: optional weight per loss key for ``total_loss`` (default 1).
+        perspective_head: optional training-only auxiliary head on the image features
+            (``loss/persp/*``, from ``batch["gt_boxes_2d"]``); never run in eval mode.
     """
 
     def __init__(self, image_encoder: ImageEncoder, view_transform: LiftSplat, bev_encoder: BEVEncoder,
                  heads: Mapping[str, nn.Module], num_cameras: int, input_size: tuple[int, int],
                  use_depth_supervision: bool = True, depth_weight: float = 1.0,
-                 loss_weights: Mapping[str, float] | None = None) -> None:
+                 loss_weights: Mapping[str, float] | None = None,
+                 perspective_head: PerspectiveHead | None = None) -> None:
         super().__init__()
         if not heads:
             raise ValueError("at least one head is required")
         for name, head in heads.items():
-            if name in ("depth", "bev_feat") or "/" in name:
+            if name in ("depth", "bev_feat", "persp") or "/" in name:
                 raise ValueError(f"head name {name!r} is reserved or contains '/'")
             missing = [m for m in ("forward", "loss", "predict") if not callable(getattr(head, m, None))]
             if missing:
@@ -143,6 +148,7 @@ class BEVMultiTaskModel(nn.Module):
         self.view_transform = view_transform
         self.bev_encoder = bev_encoder
         self.heads = nn.ModuleDict(dict(heads))
+        self.perspective_head = perspective_head
         self.num_cameras, self.input_size = int(num_cameras), (W, H)
         self.use_depth_supervision, self.depth_weight = bool(use_depth_supervision), float(depth_weight)
         self.loss_weights = dict(loss_weights or {})
@@ -177,7 +183,8 @@ class BEVMultiTaskModel(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """``{head name: head outputs, "depth": [B, N, D, h, w] depth probabilities,
         "bev_feat": [B, Cb, X, Y] the shared BEV features}`` (the last shared tensor: GradNorm and
-        feature distillation hook in there)."""
+        feature distillation hook in there), and in training mode with a perspective head
+        ``"persp"``: its outputs on the image features."""
         self.check_inputs(batch)
         images = batch["images"]  # [B, N, 3, H, W]
         feats = self.image_encoder(images.flatten(0, 1))  # [B*N, Ci, h, w]
@@ -187,6 +194,8 @@ class BEVMultiTaskModel(nn.Module):
         outputs: dict[str, Any] = {name: head(bev_feat) for name, head in self.heads.items()}
         outputs["depth"] = depth
         outputs["bev_feat"] = bev_feat
+        if self.perspective_head is not None and self.training:
+            outputs["persp"] = self.perspective_head(feats)  # {name: [B*N, n, h, w]}
         return outputs
 
     def loss(self, batch: Mapping[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Tensor]:
@@ -200,6 +209,8 @@ class BEVMultiTaskModel(nn.Module):
                 if key in losses:
                     raise ValueError(f"head {name!r} returned loss key {key!r} twice / clashing with another head")
                 losses[key] = value
+        if "persp" in outputs and batch.get("gt_boxes_2d") is not None:
+            losses.update(self.perspective_head.loss(outputs["persp"], batch, self.num_cameras))
         if self.use_depth_supervision and batch.get("depth") is not None:
             target = batch["depth"].to(outputs["depth"].device)  # [B, N, h, w], 0 = no point
             flags = batch.get("labelled", {}).get("depth")

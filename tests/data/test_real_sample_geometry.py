@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bev_mtl.data.geometry import image_box_2d, inv_T, project_points, transform_points
+from bev_mtl.data.geometry import boxes_in_cameras, image_box_2d, inv_T, project_points, transform_points
 from bev_mtl.data.mmdet3d_infos import MMDET3D_NUS_ATTRIBUTES, load_mmdet3d_infos
 from bev_mtl.data.sample import Boxes, CameraInfo, SampleInfo
 
@@ -132,6 +132,23 @@ def test_boxes_project_like_mmdet3d(sample: SampleInfo, raw: dict) -> None:
     assert errs["box"].max() < 1.0, errs["box"].max()  # measured: 0.052 px
     assert errs["center"].max() < 0.1, errs["center"].max()  # measured: 1.5e-4 px
     assert errs["depth"].max() < 0.01, errs["depth"].max()  # measured: 4e-6 m
+
+
+def test_boxes_in_cameras_gives_mmdet3d_cam_instances(sample: SampleInfo, raw: dict) -> None:
+    """The library's all-cameras projection (what the perspective and attribute heads train on)
+    lists exactly mmdet3d's cam_instances, camera by camera, with their 2D boxes, centres, depths."""
+    info, labels = raw["data_list"][0], _labels(sample, raw)
+    b = sample.boxes
+    cam_T_global = np.stack([inv_T(_global_T_cam(c)) for c in sample.cameras])  # [N, 4, 4]
+    rows = boxes_in_cameras(b.corners_global(), b.center, np.stack([c.pix_T_cam for c in sample.cameras]),
+                            cam_T_global, W, H)  # [T, 9]
+    rows = rows[labels[rows[:, 1].astype(int)] >= 0]  # mmdet3d lists detection classes only
+    ref = [(n, e) for n, c in enumerate(sample.cameras) for e in info["cam_instances"][c.channel]]
+    assert len(rows) == len(ref) == 84
+    for r, (n, e) in zip(rows, ref):
+        assert int(r[0]) == n and labels[int(r[1])] == e["bbox_label_3d"]
+        assert np.abs(r[5:9] - np.asarray(e["bbox"])).max() < 1.0  # as test_boxes_project_like_mmdet3d
+        assert np.abs(r[2:4] - np.asarray(e["center_2d"])).max() < 0.1 and abs(r[4] - e["depth"]) < 0.01
 
 
 def test_naive_lidar_upright_boxes_fail(sample: SampleInfo, raw: dict) -> None:

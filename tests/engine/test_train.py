@@ -21,8 +21,8 @@ def train_cmd(root: Path, work: Path, *extra: str) -> list[str]:
             "--accelerator", "cpu", "--cfg-options", f"data.root={root}", *extra]
 
 
-def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def run(cmd: list[str], timeout: float = 300, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **env_extra}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
@@ -95,12 +95,18 @@ def test_unknown_cfg_option_is_an_error(tiny_synthetic, tmp_path):
 
 
 def test_nuscenes_recipe_runs_one_step_on_synthetic(tiny_synthetic, tmp_path):
-    """configs/bev_mtl_nusc.py (ResNet-50, 704x256) builds and trains one step on the synthetic set."""
+    """configs/bev_mtl_nusc.py (ResNet-50, 704x256) builds and trains one step on the synthetic set,
+    starting from its ImageNet trunk as torchvision caches it (a stand-in file of the right name in a
+    fresh TORCH_HOME: no network)."""
+    import torchvision
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), cache / "resnet50-11ad3fa6.pth")
     cmd = [sys.executable, str(REPO / "tools/train.py"), str(REPO / "configs/bev_mtl_nusc.py"), "--work-dir",
            str(tmp_path / "nusc"), "--no-progress", "--accelerator", "cpu", "--cfg-options", f"data.root={tiny_synthetic}",
            "data.version=auto", "data.train_split=synth_train", "data.val_split=synth_val", "data.batch_size=1",
            "data.num_workers=0", "train.max_steps=1", "train.val_every_steps=0", "train.precision=32-true"]
-    res = run(cmd, timeout=600)
+    res = run(cmd, timeout=600, TORCH_HOME=str(tmp_path / "torch_home"))
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "nusc" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1 and "ema_state_dict" in ckpt
