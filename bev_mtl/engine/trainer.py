@@ -115,7 +115,9 @@ def run_training(args: argparse.Namespace) -> L.Trainer:
     if rank == 0:
         work_dir.mkdir(parents=True, exist_ok=True)
         cfg_file.dump(str(work_dir / "config.py"))
-    train_set = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=seed)
+    # finished items are kept in the work dir when they cannot change between epochs (augment='off')
+    train_set = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=seed,
+                              cache_dir=work_dir / "item_cache")
     class_names = module.model.heads["det"].head.class_names if "det" in module.model.heads else ()
     train_loader = make_loader(train_set, int(data.get("batch_size", 2)), train=True, seed=seed, rank=rank,
                                world_size=world, num_workers=int(data.get("num_workers", 2)),
@@ -127,8 +129,13 @@ def run_training(args: argparse.Namespace) -> L.Trainer:
         module.evaluator.set_samples(val_set.samples)
         val_loader = make_loader(val_set, int(data.get("val_batch_size", 2)), train=False, rank=rank,
                                  world_size=world, num_workers=int(data.get("num_workers", 2)))
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=resolve_resume(args.resume, work_dir))
+    ckpt_path = resolve_resume(args.resume, work_dir)
+    load_from = getattr(args, "load_from", None) or cfg.get("load_from")
+    if load_from and ckpt_path is None:  # a resumed run already holds its weights
+        report = module.load_from(str(load_from), strict=bool(getattr(args, "load_from_strict", False)))
+        if rank == 0:
+            print(report, flush=True)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     return trainer
 
 

@@ -4,7 +4,7 @@
 model = dict(
     num_cameras=6,
     input_size=[256, 96],  # (W, H) network input; images are resized / cropped to it
-    image_encoder=dict(trunk='resnet18', out_channels=64, out_stride=16, pretrained=None),
+    image_encoder=dict(trunk='resnet18', out_channels=64, out_stride=16, pretrained=None, freeze_stages=-1),
     view_transform=dict(
         out_channels=32,
         grid=dict(x_range=[-51.2, 51.2], y_range=[-51.2, 51.2], resolution=0.8),

@@ -14,4 +14,7 @@ data = dict(
     num_workers=6,
     val_max_samples=1000,       # validation during training on 1000 val samples; tools/test.py uses all
     labelled=dict(scheme='full', seed=0, batching='mixed'),
+    # keep finished training items in <work_dir>/item_cache when they cannot change between epochs
+    # (augment='off'): later epochs skip JPEG decoding, LiDAR projection and map rasterising
+    cache_items=True,
 )

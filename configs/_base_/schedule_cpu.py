@@ -12,6 +12,7 @@ train = dict(
     ema=dict(enabled=False, decay=0.999),
     checkpoint_every_steps=100,
     deterministic=False,
+    channels_last=False,     # NHWC activations (oneDNN's native CPU layout)
 )
 seed = 0
 # Multi-task learning (bev_mtl/mtl): task weighting over the heads and self-distillation.

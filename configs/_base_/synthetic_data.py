@@ -18,4 +18,7 @@ data = dict(
     # disjoint (half the scenes boxes only, the other half maps only); batching of the
     # differently labelled samples: mixed | alternating
     labelled=dict(scheme='full', seed=0, batching='mixed'),
+    # keep finished training items in <work_dir>/item_cache when they cannot change between epochs
+    # (augment='off'): later epochs skip JPEG decoding, LiDAR projection and map rasterising
+    cache_items=True,
 )

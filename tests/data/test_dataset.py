@@ -274,3 +274,34 @@ def test_dataroot_required_for_maps_elsewhere(infos6: Path, cams6, tmp_path: Pat
     # without dataroot the map folder is found two levels above the image folders
     item = MultiViewDataset(samples[:1], cams6, (128, 64), map_config=MAP_CFG)[0]
     assert item["map_targets"].sum() > 0
+
+
+# ------------------------------------------------------------------------------- item cache
+def _same_items(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+    return True
+
+
+def test_item_cache_serves_identical_items_and_only_for_the_test_view(infos6: Path, cams6, tmp_path) -> None:
+    kw = dict(map_config=MAP_CFG, depth_targets=True, depth_stride=16, train=True, seed=0)
+    plain = MultiViewDataset(infos6, cams6, (320, 128), augment="off", **kw)
+    cached = MultiViewDataset(infos6, cams6, (320, 128), augment="off", cache_dir=tmp_path / "c", **kw)
+    first = cached[(1, 0)]
+    assert len(list((tmp_path / "c").rglob("*.pt"))) == 1
+    cached._make_item = lambda *a: pytest.fail("a cached item must be read, not rebuilt")
+    assert _same_items(first, plain[(1, 3)]) and _same_items(cached[(1, 5)], first)
+    # another label scheme of the same sample is another file
+    cached.samples[1].labelled = {**cached.samples[1].labelled, "map": False}
+    with pytest.raises(pytest.fail.Exception):
+        cached[1]
+    # with augmentation items differ per epoch: no cache at all
+    augmented = MultiViewDataset(infos6, cams6, (320, 128), augment=NO_PHOTO, cache_dir=tmp_path / "a", **kw)
+    assert augmented.item_cache is None
+    # other settings (here the input size) read from another folder
+    other = MultiViewDataset(infos6, cams6, (256, 128), augment="off", cache_dir=tmp_path / "c", **kw)
+    assert other.item_cache.dir != cached.item_cache.dir

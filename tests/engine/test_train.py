@@ -110,3 +110,28 @@ def test_nuscenes_recipe_runs_one_step_on_synthetic(tiny_synthetic, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "nusc" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1 and "ema_state_dict" in ckpt
+
+
+def test_load_from_a_checkpoint_with_another_head_set(tiny_synthetic, tmp_path):
+    """--load-from: a new run from a det+map checkpoint with the map head dropped loads every shared
+    tensor, reports the map head's keys as unexpected, and starts at step 0; --load-from-strict refuses."""
+    src = tmp_path / "src"
+    res = run(train_cmd(tiny_synthetic, src, "train.max_steps=1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    # lr 0: the new run's step moves no weight, so equal weights can only come from the file
+    new = tmp_path / "new"
+    res = run(train_cmd(tiny_synthetic, new, "model.heads.map=None", "train.max_steps=1", "optim.lr=0.0")
+              + ["--load-from", str(src / "last.ckpt")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("load_from"))
+    assert str(src / "last.ckpt") in line and "heads.map.head" in line
+    assert "missing 0;" in line and "shape mismatch 0" in line
+    ckpt = torch.load(new / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 1  # a fresh schedule: one step of the new run, not two
+    got, want = weights(new / "last.ckpt"), weights(src / "last.ckpt")
+    assert not any(k.startswith("model.heads.map") for k in got)
+    conv = "model.image_encoder.trunk.layer4.1.conv2.weight"
+    assert torch.equal(got[conv], want[conv])
+    strict = run(train_cmd(tiny_synthetic, tmp_path / "strict", "model.heads.map=None", "train.max_steps=1")
+                 + ["--load-from", str(src / "last.ckpt"), "--load-from-strict"])
+    assert strict.returncode == 2 and "strict" in strict.stderr and "heads.map.head" in strict.stderr
