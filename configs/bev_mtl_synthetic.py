@@ -1,13 +1,26 @@
 # CPU demo on the synthetic world: `make demo` trains and tests this config.
 _base_ = ['_base_/synthetic_data.py', '_base_/model_r18_demo.py', '_base_/schedule_cpu.py']
-notes = 'CPU demo: ResNet-18 at 256x96 with stride-8 features, 0.8 m BEV, det + map heads, from scratch.'
-# Stride-8 image features: 4x the frustum rays of stride 16 (12x32 per camera), at no measured cost
-# per step (the BEV encoder and heads dominate); depth targets at the same stride.
-model = dict(image_encoder=dict(out_stride=8, trunk='efficientnet_lite0', pretrained='imagenet', freeze_stages=3),
-             perspective_head=dict(hidden_channels=32))
-# No augmentation: ~400 steps are about 4 epochs, far too short to overfit, and every random
-# flip / rotation / rescale is one more thing to learn. Measured (380 bf16 steps, seed 0): NDS
-# 0.035 -> 0.125 and map mIoU 0.146 -> 0.220 when augmentation is switched off ('off' = train on
-# the test-time view). Long runs (configs/bev_mtl_nusc.py) keep augmenting.
+notes = ('CPU demo: ImageNet EfficientNet-Lite0 (offline wheel) at 256x96 with stride-8 features, '
+         'perspective head, 0.8 m BEV, det + map heads.')
+# Every change below was measured with seed 0 on synth_val (official devkit); the table is in the README.
+# - ImageNet EfficientNet-Lite0 from the registry wheel (works offline): NDS 0.149 -> 0.162 at 380 steps
+#   over the from-scratch ResNet-18 (the same trunk from scratch: 0.116).
+# - freeze_stages=3 (stem + first three stages, strides 2-8, stay ImageNet): the same accuracy, 13 %
+#   faster steps than training the whole trunk.
+# - Stride-8 image features: 4x the frustum rays of stride 16 at no measured cost per step; depth
+#   targets at the same stride.
+# - Perspective head (image-space centres, 2D boxes, depth of the projected GT boxes): at 480 steps
+#   NDS 0.218 -> 0.230 and mAOE 1.23 -> 0.85 for ~3 % more time per step.
+# - Drivable-area loss x3 (its focal + dice term is the smallest of the 23 summed terms): drivable IoU
+#   0.640 -> 0.666, NDS 0.230 -> 0.212 (NDS moved by +-0.02 between the recipes of this table).
+model = dict(image_encoder=dict(trunk='efficientnet_lite0', pretrained='imagenet', out_stride=8, freeze_stages=3),
+             perspective_head=dict(hidden_channels=32),
+             loss_weights={'loss/map/drivable_area': 3.0})
+# No augmentation: ~500 steps are about 5 epochs, far too short to overfit, and every random
+# flip / rotation / rescale is one more thing to learn (380 steps: NDS 0.035 -> 0.125 without it).
+# It also makes every item the same each epoch, so the item cache serves epochs 2+ from disk.
+# Long runs (configs/bev_mtl_nusc.py) keep augmenting.
 data = dict(depth_stride=8, augment='off')
-train = dict(max_steps=380)  # ~7.5 min of training in bf16 on 2 cores: make demo stays under 15 min
+# channels_last: 4 % faster steps (docs/performance.md). 480 steps take ~9 min here, so make demo
+# stays under 15 min end to end.
+train = dict(max_steps=480, channels_last=True)
