@@ -18,9 +18,26 @@ def test_configs_are_found():
     assert {"bev_mtl_nusc.py", "bev_mtl_synthetic.py", "bev_mtl_synthetic_8cam.py", "ablation_synthetic.py"} <= set(CONFIGS)
 
 
+def _seed_torchvision_cache(cfg: dict, torch_home: Path) -> None:
+    """A config naming torchvision weights finds a stand-in file of the right name in its cache
+    (no network here): random weights of that trunk, saved where torchvision would keep them."""
+    import torchvision
+
+    from bev_mtl.models.pretrained import torchvision_cache_path
+
+    enc = cfg["model"]["image_encoder"]
+    spec = str(enc.get("pretrained") or "")
+    if spec.startswith("torchvision:"):
+        path, _ = torchvision_cache_path(spec.split(":", 1)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(getattr(torchvision.models, enc["trunk"])(weights=None).state_dict(), path)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_builds(name):
+def test_config_builds(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cfg = to_plain(load_config(REPO / "configs" / name).to_dict())
+    _seed_torchvision_cache(cfg, tmp_path)
     check_data_cfg(cfg["data"])
     model = build_model(cfg["model"])
     assert model.num_cameras == len(cfg["data"]["cameras"])
