@@ -120,7 +120,8 @@ def build_dataset(model: Mapping[str, Any], data: Mapping[str, Any], split: str,
         augment=augment, map_config=map_config(model, data), det_classes=class_names, depth_targets=depth,
         depth_stride=int(data.get("depth_stride", 16)), train=train,
         bev_range=(grid["x_range"][0], grid["y_range"][0], grid["x_range"][1], grid["y_range"][1]),
-        dataroot=data["root"], seed=seed, cache_dir=cache_dir if data.get("cache_items", True) else None)
+        dataroot=data["root"], seed=seed, cache_dir=cache_dir if data.get("cache_items", True) else None,
+        boxes_2d=train and model.get("perspective_head") is not None)  # only the perspective head reads them
     ds.groups = None
     lab = dict(data.get("labelled") or {})
     for key in lab:
