@@ -185,15 +185,11 @@ def boxes_in_cameras(corners_x: np.ndarray, centers_x: np.ndarray, pix_T_cam: np
     visible boxes, not M x N.
     """
     corners_x = np.asarray(corners_x, np.float64).reshape(-1, 8, 3)
-    M = len(corners_x)
     rows: list[np.ndarray] = []
     for n in range(len(cam_T_x)):
         K = intrinsics_3x3(pix_T_cam[n])
         uv_c, depth_c = project_points(K, cam_T_x[n], centers_x)  # [M, 2], [M]
-        cam = transform_points(cam_T_x[n], corners_x.reshape(-1, 3)).reshape(M, 8, 3)  # [M, 8, 3]
-        z = cam[..., 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = (cam @ K.T)[..., :2] / z[..., None]  # [M, 8, 2]; garbage behind the camera, masked below
+        uv, z = box_corners_to_image(corners_x, cam_T_x[n], K)  # [M, 8, 2] (NaN behind), [M, 8]
         front = z > 0  # [M, 8]
         lo = np.where(front[..., None], uv, np.inf).min(1)  # [M, 2] bounds of the in-front corners
         hi = np.where(front[..., None], uv, -np.inf).max(1)
@@ -205,7 +201,7 @@ def boxes_in_cameras(corners_x: np.ndarray, centers_x: np.ndarray, pix_T_cam: np
         box2d = np.concatenate([lo, hi], 1)  # [M, 4]
         edge = np.flatnonzero(maybe & ~inside)  # the rest take the exact hull-and-clip rule
         if len(edge):
-            box2d[edge] = image_box_2d(cam[edge], K, width, height)
+            box2d[edge] = image_box_2d(transform_points(cam_T_x[n], corners_x[edge]), K, width, height)
         idx = np.flatnonzero(maybe & ~np.isnan(box2d[:, 0]))
         box2d = box2d[idx]
         rows.append(np.concatenate([np.full((len(idx), 1), n), idx[:, None], uv_c[idx], depth_c[idx, None], box2d], 1))

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from bev_mtl.atomic import atomic_path
 
 __all__ = ["ItemCache", "fingerprint"]
 
@@ -50,11 +51,9 @@ class ItemCache:
             except Exception:  # noqa: BLE001 - a damaged file is rebuilt, never trusted
                 path.unlink(missing_ok=True)
         item = make()
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".pt")
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(item, f)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(item, tmp)
         except OSError:  # a full disk costs the cache, not the training step
-            Path(tmp).unlink(missing_ok=True)
+            pass
         return item

@@ -53,7 +53,7 @@ class BEVMTLModule(L.LightningModule):
             _check(section, allowed, name)
         self.model = build_model(model_cfg)
         if train.get("channels_last", False):
-            # NHWC activations: oneDNN's native CPU layout (measured 12 % faster steps on the demo)
+            # NHWC activations: oneDNN's native CPU layout (demo: forward + backward 12 % faster, a whole step 4 %)
             self.model.to(memory_format=torch.channels_last)
         self.optim_cfg, self.schedule_cfg, self.train_cfg = dict(optim), dict(schedule), dict(train)
 

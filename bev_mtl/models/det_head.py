@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from bev_mtl.models.det_targets import DetTargets, build_targets, circle_nms, gaussian_focal_loss
 from bev_mtl.models.map_head import GridGeometry, grid_shape
 
-__all__ = ["DEFAULT_TASKS", "CenterHead", "attribute_for_class", "det_class_names", "to_nuscenes"]
+__all__ = ["DEFAULT_TASKS", "CenterHead", "attribute_for_class", "conv_branch", "det_class_names", "to_nuscenes"]
 
 DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                "pedestrian", "traffic_cone")  # same order as bev_mtl.data.dataset.DET_CLASSES
@@ -46,7 +46,8 @@ def det_class_names(det_cfg: Mapping | None) -> tuple[str, ...]:
     return names
 
 
-def _branch(cin: int, hidden: int, cout: int, bias_init: float = 0.0) -> nn.Sequential:
+def conv_branch(cin: int, hidden: int, cout: int, bias_init: float = 0.0) -> nn.Sequential:
+    """3x3 conv-BN-ReLU + 1x1 conv (output bias ``bias_init``): one prediction branch of a dense head."""
     out = nn.Conv2d(hidden, cout, 1)
     nn.init.constant_(out.bias, bias_init)
     return nn.Sequential(nn.Conv2d(cin, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
@@ -110,8 +111,8 @@ class CenterHead(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(in_channels, shared_channels, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(shared_channels), nn.ReLU(inplace=True))
         bias = -math.log((1.0 - prior_prob) / prior_prob)
-        self.heatmap = nn.ModuleList(_branch(shared_channels, head_channels, len(t), bias) for t in self.tasks)
-        self.regression = nn.ModuleDict({name: nn.ModuleList(_branch(shared_channels, head_channels, n)
+        self.heatmap = nn.ModuleList(conv_branch(shared_channels, head_channels, len(t), bias) for t in self.tasks)
+        self.regression = nn.ModuleDict({name: nn.ModuleList(conv_branch(shared_channels, head_channels, n)
                                                              for _ in self.tasks) for name, n in REG_BRANCHES})
         self.sub_heads = nn.ModuleDict({"attr": _mlp(shared_channels, sub_hidden, num_attributes),
                                         "vehicle_type": _mlp(shared_channels, sub_hidden, num_vehicle_types),

@@ -23,9 +23,11 @@ guess). Classes are ``gt_labels`` of the box row; only samples with ``labelled["
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor, nn
 
+from bev_mtl.models.det_head import conv_branch
 from bev_mtl.models.det_targets import draw_gaussian, gaussian_focal_loss, gaussian_radius
 
 __all__ = ["PerspectiveHead"]
@@ -33,11 +35,9 @@ __all__ = ["PerspectiveHead"]
 _REG = (("offset", 2), ("size", 2), ("depth", 1))
 
 
-def _branch(cin: int, hidden: int, cout: int, bias: float = 0.0) -> nn.Sequential:
-    last = nn.Conv2d(hidden, cout, 1)
-    nn.init.constant_(last.bias, bias)
-    return nn.Sequential(nn.Conv2d(cin, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                         nn.ReLU(inplace=True), last)
+def _det_labelled(batch: dict, B: int) -> Tensor:
+    """``labelled["det"]`` [B] (all True when the batch carries no flags)."""
+    return batch.get("labelled", {}).get("det", torch.ones(B, dtype=torch.bool))
 
 
 class PerspectiveHead(nn.Module):
@@ -58,8 +58,8 @@ class PerspectiveHead(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(hidden_channels), nn.ReLU(inplace=True))
         # heatmap bias: CenterNet's prior of 0.1 % positives, so the focal loss starts small
-        self.heatmap = _branch(hidden_channels, hidden_channels, num_classes, bias=-math.log((1 - 0.01) / 0.01))
-        self.regression = nn.ModuleDict({n: _branch(hidden_channels, hidden_channels, c) for n, c in _REG})
+        self.heatmap = conv_branch(hidden_channels, hidden_channels, num_classes, -math.log((1 - 0.01) / 0.01))
+        self.regression = nn.ModuleDict({n: conv_branch(hidden_channels, hidden_channels, c) for n, c in _REG})
 
     def forward(self, feats: Tensor) -> dict[str, Tensor]:
         """``[B*N, C, h, w]`` -> ``{"heatmap": [B*N, K, h, w], "offset" / "size": [B*N, 2, h, w],
@@ -76,7 +76,7 @@ class PerspectiveHead(nn.Module):
         h, w = hw
         s = float(self.stride)
         B = len(batch["gt_boxes_2d"])
-        labelled = batch.get("labelled", {}).get("det", torch.ones(B, dtype=torch.bool))
+        labelled = _det_labelled(batch, B)
         heat = torch.zeros(B * num_cameras, self.num_classes, h, w)
         rows, offset, size, depth = [], [], [], []
         for b in range(B):
@@ -108,7 +108,7 @@ class PerspectiveHead(nn.Module):
         logits = outputs["heatmap"].float()  # [B*N, K, h, w]
         heat, rows, reg = self.targets(batch, num_cameras, tuple(logits.shape[-2:]), logits.device)
         B = logits.shape[0] // num_cameras
-        labelled = batch.get("labelled", {}).get("det", torch.ones(B, dtype=torch.bool))
+        labelled = _det_labelled(batch, B)
         weight = torch.as_tensor(labelled, device=logits.device).float().repeat_interleave(num_cameras)
         norm = torch.tensor(float(max(len(rows), 1)), device=logits.device)
         losses = {"loss/persp/heatmap": (gaussian_focal_loss(logits, heat) * weight.view(-1, 1, 1, 1)).sum() / norm}
