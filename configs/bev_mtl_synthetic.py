@@ -15,6 +15,9 @@ notes = ('CPU demo: ImageNet EfficientNet-Lite0 (offline wheel) at 256x96 with s
 #   0.640 -> 0.666, NDS 0.230 -> 0.212 (NDS moved by +-0.02 between the recipes of this table).
 model = dict(image_encoder=dict(trunk='efficientnet_lite0', pretrained='imagenet', out_stride=8, freeze_stages=3),
              perspective_head=dict(hidden_channels=32),
+             # vehicle type, blinker and light colour read from the image features at keypoints of each
+             # box (lamp corners, faces), not from its BEV cell: bev_mtl/models/attribute_head.py
+             attribute_head=dict(attributes=['vehicle_type', 'blinker', 'light']),
              loss_weights={'loss/map/drivable_area': 3.0})
 # No augmentation: ~500 steps are about 5 epochs, far too short to overfit, and every random
 # flip / rotation / rescale is one more thing to learn (380 steps: NDS 0.035 -> 0.125 without it).

@@ -102,7 +102,7 @@ def onnx_once(model, onnx: OnnxModel, batch: dict) -> dict[str, float]:
     t0 = time.perf_counter()
     raw = onnx.run(batch["images"], batch["pix_T_cam"], batch["ego_T_cam"])
     t1 = time.perf_counter()
-    decode(model, raw)
+    decode(model, raw, batch)
     t2 = time.perf_counter()
     return {"onnxruntime graph": t1 - t0, "decode": t2 - t1, "total": t2 - t0}
 

@@ -52,7 +52,8 @@ def _onnx_predict(model, onnx, batch) -> list:
 
     out = []
     for b in range(batch["images"].shape[0]):
-        out += decode(model, onnx.run(**{k: batch[k][b:b + 1] for k in onnx.input_names}))
+        inputs = {k: batch[k][b:b + 1] for k in ("images", "pix_T_cam", "ego_T_cam")}
+        out += decode(model, onnx.run(**{k: inputs[k] for k in onnx.input_names}), inputs)
     return out
 
 

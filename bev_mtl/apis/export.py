@@ -11,9 +11,12 @@ Two graphs (both batch 1, static shapes):
 
 Outputs are the heads' raw tensors, flattened to names ``<head>_<key>`` (dict outputs, e.g.
 ``det_heatmap``, ``det_offset`` ... ``det_shared``) or ``<head>`` (tensor outputs, e.g. ``map``
-logits). Decoding (sigmoid, top-k, circle NMS, attribute sub-heads on the peak cells) stays in
-Python: it is data-dependent, cheap, and needs the sub-head weights, so ``decode`` runs the
-PyTorch heads' ``predict`` on the ONNX outputs.
+logits), and with an image attribute head also ``image_feats`` / ``image_fine`` (the neck map and
+the stride-4 trunk tap it samples). Decoding (sigmoid, top-k, circle NMS, attribute sub-heads on
+the peak cells, the image attribute head at the decoded boxes) stays in Python: it is
+data-dependent, cheap, and needs the sub-head weights, so ``decode`` runs the PyTorch heads'
+``predict`` on the ONNX outputs (the image attribute head also needs the graph's inputs: the
+boxes it reads are known only after decoding, so it cannot be one static graph with the rest).
 """
 from __future__ import annotations
 
@@ -72,22 +75,32 @@ class RawOutputs(nn.Module):
     def forward(self, images: Tensor, pix_T_cam: Tensor | None = None,
                 ego_T_cam: Tensor | None = None) -> tuple[Tensor, ...]:
         m = self.model
-        feats = m.image_encoder(images.flatten(0, 1))  # [B*N, Ci, h, w]
+        feats, fine = m.image_encoder.encode(images.flatten(0, 1))  # [B*N, Ci, h, w], [B*N, C4, H/4, W/4]
         bev, _ = m.view_transform(feats, pix_T_cam, ego_T_cam, None)  # [B, Cv, X, Y]
         bev_feat = m.bev_encoder(bev)  # [B, Cb, X, Y]
         outputs = {name: head(bev_feat) for name, head in m.heads.items()}
-        return tuple(flatten_outputs(outputs, self.heads).values())
+        flat = flatten_outputs(outputs, self.heads)
+        if m.attribute_head is not None:
+            flat.update(image_feats=feats, image_fine=fine)
+        return tuple(flat.values())
 
 
 @torch.inference_mode()
 def eager_raw_outputs(model: BEVMultiTaskModel, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Reference outputs through the real ``model(batch)`` (input checks included), flattened."""
-    return flatten_outputs(model(batch), list(model.heads))
+    outputs = model(batch)
+    flat = flatten_outputs(outputs, list(model.heads))
+    if model.attribute_head is not None:
+        flat["image_feats"], flat["image_fine"] = outputs["image_feats"][:2]
+    return flat
 
 
-def decode(model: BEVMultiTaskModel, flat: Mapping[str, np.ndarray | Tensor]) -> list[dict[str, Tensor]]:
+def decode(model: BEVMultiTaskModel, flat: Mapping[str, np.ndarray | Tensor],
+           inputs: Mapping[str, np.ndarray | Tensor] | None = None) -> list[dict[str, Tensor]]:
     """Raw outputs (names as exported) -> ``model.predict``-style per-sample dicts, using the
-    PyTorch heads' ``predict`` (top-k, NMS, attribute sub-heads)."""
+    PyTorch heads' ``predict`` (top-k, NMS, attribute sub-heads). With an image attribute head,
+    ``inputs`` (``images`` [B, N, 3, H, W] pixels, ``pix_T_cam``, ``ego_T_cam``: what the graph
+    was run on, or the fixed rig) lets it read the decoded boxes' attributes from ``image_*``."""
     tensors = {k: torch.as_tensor(v) for k, v in flat.items()}
     per_head: dict[str, Any] = {}
     for name in model.heads:
@@ -102,6 +115,15 @@ def decode(model: BEVMultiTaskModel, flat: Mapping[str, np.ndarray | Tensor]) ->
         for name, head in model.heads.items():
             for res, pred in zip(results, head.predict(per_head[name])):
                 res.update(pred)
+        if model.attribute_head is not None and "image_feats" in tensors:
+            if inputs is None:
+                raise ValueError("decode: the model reads attributes from the images; pass inputs= (images, "
+                                 "pix_T_cam, ego_T_cam) as given to the graph")
+            given = {k: torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).float()
+                     for k, v in inputs.items() if k in ("images", "pix_T_cam", "ego_T_cam")}
+            maps = (tensors["image_feats"], tensors["image_fine"], given["images"].flatten(0, 1) / 255.0 - 0.5)
+            model.predict_attributes({"pix_T_cam": given["pix_T_cam"], "ego_T_cam": given["ego_T_cam"]}, maps,
+                                      results)
     return results
 
 

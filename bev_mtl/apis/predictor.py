@@ -132,7 +132,7 @@ def to_numpy_predictions(model: BEVMultiTaskModel, pred: Mapping[str, torch.Tens
             classes = head.head.class_names
             out["label_names"] = np.array([classes[c] for c in out["labels"]], dtype=object)
             for key, names in (("attr", vocab.attributes), ("vehicle_type", vocab.vehicle_types),
-                               ("blinker", vocab.blinker)):
+                               ("blinker", vocab.blinker), ("light", vocab.light)):
                 if key not in out:
                     continue
                 probs = out[key]  # [K, n]

@@ -13,7 +13,10 @@ One item (see docs/design.md, "Multi-view dataset")::
     gt_velocity_valid [M] bool  (unknown velocities are set to 0 in gt_boxes)
     gt_attr / gt_vehicle_type / gt_blinker [M] int64   -1 = unknown / not applicable
                                  (attr 'none' for barrier/cone, -1 if another class has none)
-    gt_light_boxes [K, 9], gt_light_labels [K] (-1 unknown), gt_light_mask [K]
+    gt_visibility [M] int64   nuScenes visibility level 1..4 (0-40 / 40-60 / 60-80 / 80-100 %), 0 unknown
+    gt_light_boxes [K, 9], gt_light_labels [K] (-1 unknown), gt_light_mask [K],
+    gt_light_visibility [K] float32  visible share of the housing 0..1, -1 unknown
+    (emergency vehicles are ``car`` rows: ``detection_names``; their vehicle type says which)
     gt_boxes_2d [T, 9] float32  every (camera, box) pair where a gt_boxes row is seen, at the network
                 input: camera n, row m of gt_boxes, centre u, v, centre depth, 2D box x1, y1, x2, y2
                 (``geometry.boxes_in_cameras``: mmdetection3d's cam_instances rule)
@@ -44,7 +47,7 @@ from .map_targets import MapRasterizer, MapTargetConfig
 from .nusc_infos import DataError, check_camera, check_image_file, load_infos
 from .sample import Boxes, CameraInfo, SampleInfo
 
-__all__ = ["DET_CLASSES", "Vocabularies", "MultiViewDataset", "collate"]
+__all__ = ["DET_CLASSES", "EMERGENCY_AS", "Vocabularies", "MultiViewDataset", "collate", "detection_names"]
 
 DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                "pedestrian", "traffic_cone")
@@ -63,6 +66,19 @@ class Vocabularies:
     # nuScenes gives these classes no attribute: an empty one is 'none'; for all other classes
     # an empty attribute means unknown (e.g. mmdet3d infos of a box no camera saw) -> -1
     attribute_free: tuple[str, ...] = ("barrier", "traffic_cone")
+
+
+# nuScenes has no detection class for emergency vehicles (the devkit's category_to_detection_name
+# gives None and its evaluation ignores them); they are cars to detect here, and the vehicle-type
+# head says ambulance / police (docs/design.md, "Emergency vehicles").
+EMERGENCY_AS = {"vehicle.emergency.ambulance": "car", "vehicle.emergency.police": "car"}
+
+
+def detection_names(b: Boxes) -> list[str]:
+    """Per box the detection class it is trained as: its nuScenes detection name, or ``car`` for
+    an emergency vehicle."""
+    cats = b.category or [""] * len(b)
+    return [n or EMERGENCY_AS.get(c, "") for n, c in zip(b.detection_name, cats)]
 
 
 def _index(names: Sequence[str | None], vocab: Sequence[str]) -> np.ndarray:
@@ -269,21 +285,23 @@ class MultiViewDataset(Dataset):
 
     def _box_targets(self, s: SampleInfo, key_T_global: np.ndarray, bev_aug: np.ndarray) -> dict[str, torch.Tensor]:
         b = s.boxes
-        labels = _index(b.detection_name, self.det_classes)
+        labels = _index(detection_names(b), self.det_classes)
         keep = np.flatnonzero(labels >= 0)  # boxes of no detection class are no targets
         box9 = transform_boxes(_subset(b, keep).to_ego(key_T_global), bev_aug)  # [M, 9]
         vel_ok = np.isfinite(box9[:, 7:9]).all(1)
         box9[~vel_ok, 7:9] = 0.0
         free = set(self.vocab.attribute_free)
-        attrs = [(b.attribute[i] if b.attribute else "") or ("none" if b.detection_name[i] in free else None)
-                 for i in keep]
+        names = detection_names(b)
+        attrs = [(b.attribute[i] if b.attribute else "") or ("none" if names[i] in free else None) for i in keep]
+        vis = b.visibility[keep] if len(b.visibility) == len(b) else np.zeros(len(keep), np.int64)
         cats = [b.category[i] for i in keep] if b.category else [None] * len(keep)
         blink = [b.blinker[i] for i in keep] if b.blinker else [None] * len(keep)
         out = {"gt_boxes": torch.from_numpy(box9).float(), "gt_labels": torch.from_numpy(labels[keep]),
                "gt_mask": torch.from_numpy(self._in_range(box9)), "gt_velocity_valid": torch.from_numpy(vel_ok),
                "gt_attr": torch.from_numpy(_index(attrs, self.vocab.attributes)),
                "gt_vehicle_type": torch.from_numpy(_index(cats, self.vocab.vehicle_types)),
-               "gt_blinker": torch.from_numpy(_index(blink, self.vocab.blinker))}
+               "gt_blinker": torch.from_numpy(_index(blink, self.vocab.blinker)),
+               "gt_visibility": torch.from_numpy(np.asarray(vis, np.int64))}
         tl = s.traffic_lights
         if tl is not None and len(tl.boxes):
             l9 = transform_boxes(tl.boxes.to_ego(key_T_global), bev_aug)
@@ -291,17 +309,19 @@ class MultiViewDataset(Dataset):
             out["gt_light_boxes"] = torch.from_numpy(l9).float()
             out["gt_light_labels"] = torch.from_numpy(_index(tl.state, self.vocab.light))
             out["gt_light_mask"] = torch.from_numpy(self._in_range(l9))
+            out["gt_light_visibility"] = torch.from_numpy(np.nan_to_num(np.asarray(tl.visibility, np.float32), nan=-1.0))
         else:
             out["gt_light_boxes"] = torch.zeros((0, 9))
             out["gt_light_labels"] = torch.zeros(0, dtype=torch.int64)
             out["gt_light_mask"] = torch.zeros(0, dtype=torch.bool)
+            out["gt_light_visibility"] = torch.zeros(0)
         return out
 
     def _boxes_2d(self, s: SampleInfo, key_T_global: np.ndarray, pix_T_cam: np.ndarray,
                   ego_T_cam: np.ndarray) -> np.ndarray:
         """[T, 9] image-space views of the det-class boxes (rows index ``gt_boxes``): the cameras see
         the un-augmented keyframe ego frame, so no bev_aug here."""
-        keep = np.flatnonzero(_index(s.boxes.detection_name, self.det_classes) >= 0)
+        keep = np.flatnonzero(_index(detection_names(s.boxes), self.det_classes) >= 0)
         b = _subset(s.boxes, keep)
         corners = transform_points(key_T_global, b.corners_global())  # [M, 8, 3]
         centers = transform_points(key_T_global, b.center)

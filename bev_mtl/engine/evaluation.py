@@ -9,9 +9,13 @@ full report (every section, "not labelled" where the data has no such labels) go
 ``metrics.json`` and ``metrics.md``.
 
 Map IoU protocols: BEVFusion's (per class the max over thresholds 0.35..0.65 of the
-dataset-level IoU) and a fixed threshold of 0.5. Attributes: predictions of the same class are
-matched greedily by score to GT centres within ``match_distance`` metres (ego frame), then the
-learned label (argmax) is compared with the GT label where the GT label is known.
+dataset-level IoU) and a fixed threshold of 0.5. Attributes (``attribute_metrics.py``): on
+detections of the same class matched greedily by score to GT centres within ``match_distance``
+metres (ego frame), and on the GT boxes themselves when the model has an image attribute head.
+Traffic lights: recall / precision of the light detections (score >= ``light_min_score``) at
+1 m and 2 m. Emergency vehicles (detected as cars, vehicle type ambulance / police) are left out
+of the nuScenes results: nuScenes has no class for them and ignores their GT boxes, so every such
+prediction would be a false-positive car.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import numpy as np
 import torch
 
 from bev_mtl.atomic import atomic_write_text
-from bev_mtl.data.dataset import Vocabularies
+from bev_mtl.data.dataset import EMERGENCY_AS, Vocabularies
+from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
 from bev_mtl.data.sample import SampleInfo
 from bev_mtl.models.det_head import DET_CLASSES, det_class_names, to_nuscenes
 
@@ -34,6 +39,7 @@ __all__ = ["Evaluator", "MAP_THRESHOLDS", "format_report"]
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * k, 2) for k in range(7))  # 0.35 .. 0.65 (0.5 included)
 ATTR_TASKS = {"vehicle_type": "vehicle_types", "blinker": "blinker", "light": "light", "attr": "attributes"}
+LIGHT_DISTANCES = (1.0, 2.0)
 
 
 def _nan_to_none(obj: Any) -> Any:
@@ -47,33 +53,21 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
-def _match(pred_xy: np.ndarray, scores: np.ndarray, gt_xy: np.ndarray, max_dist: float) -> list[tuple[int, int]]:
-    """Greedy by descending score: each prediction takes the nearest free GT within max_dist."""
-    pairs, used = [], np.zeros(len(gt_xy), bool)
-    if len(gt_xy) == 0:
-        return pairs
-    for k in np.argsort(-scores, kind="stable"):
-        d = np.linalg.norm(gt_xy - pred_xy[k], axis=1)
-        d[used] = np.inf
-        g = int(np.argmin(d))
-        if d[g] <= max_dist:
-            used[g] = True
-            pairs.append((int(k), g))
-    return pairs
-
-
 class Evaluator:
     """Collects predictions of a split and scores them (module docstring)."""
 
     def __init__(self, dataroot: str, version: str, split: str, out_dir: str | os.PathLike,
                  class_names: Sequence[str] = DET_CLASSES, map_classes: Sequence[str] = (),
                  vocab: Vocabularies | None = None, match_distance: float = 2.0, min_score: float = 0.0,
-                 has_det: bool = True) -> None:
+                 has_det: bool = True, light_min_score: float = 0.3) -> None:
         self.dataroot, self.version, self.split = str(dataroot), version, split
         self.out_dir = Path(out_dir)
         self.class_names, self.map_classes = tuple(class_names), tuple(map_classes)
         self.vocab = vocab or Vocabularies()
         self.match_distance, self.min_score = float(match_distance), float(min_score)
+        self.light_min_score = float(light_min_score)
+        self.emergency_types = [self.vocab.vehicle_types.index(c) for c in EMERGENCY_AS
+                                if c in self.vocab.vehicle_types]
         self.has_det = has_det
         self.samples: dict[str, SampleInfo] = {}
         self.reset()
@@ -96,6 +90,8 @@ class Evaluator:
         self.map_labelled = 0
         self.pairs: dict[str, list[tuple[int, int, str]]] = {t: [] for t in ATTR_TASKS}  # (pred, gt, class)
         self.labelled_gt: dict[str, int] = {t: 0 for t in ATTR_TASKS}
+        self.gt_pairs: dict[str, list[tuple[int, int]]] = {t: [] for t in ATTR_TASKS}  # (pred, gt) on GT boxes
+        self.lights = {"gt": 0, "predictions": 0, **{f"matched@{d:g}": 0 for d in LIGHT_DISTANCES}}
 
     # ------------------------------------------------------------------------------ collect
     @torch.no_grad()
@@ -110,8 +106,10 @@ class Evaluator:
             bev_aug = batch["bev_aug"][b].cpu().numpy() if "bev_aug" in batch else None
             if "boxes" in pred:
                 self.results[token] = to_nuscenes(pred, s.global_T_ego, bev_aug, self.class_names,
-                                                  self.vocab.attributes, token)
+                                                  self.vocab.attributes, token, self.emergency_types)
                 self._attributes(batch, b, pred)
+                self._gt_box_attributes(batch, b, pred)
+                self._lights(batch, b, pred)
             else:
                 self.results[token] = []
             labelled = batch.get("labelled", {})
@@ -151,15 +149,49 @@ class Evaluator:
                 pi = np.flatnonzero(labels == c)
                 for task, lab in glabs.items():
                     self.labelled_gt[task] += int((lab[gi] >= 0).sum())
-                for k, g in _match(boxes[pi, :2], scores[pi], gboxes[gi, :2], self.match_distance):
+                for k, g in greedy_match(boxes[pi, :2], scores[pi], gboxes[gi, :2], self.match_distance):
                     for task, lab in glabs.items():
                         if task in probs and lab[gi[g]] >= 0:
                             self.pairs[task].append((int(probs[task][pi[k]].argmax()), int(lab[gi[g]]), name))
 
+    def _gt_box_attributes(self, batch: Mapping[str, Any], b: int, pred: Mapping[str, torch.Tensor]) -> None:
+        """The image attribute head's answers on the GT boxes (``gt_boxes/<task>``) of the objects
+        in the GT-box protocol (``attribute_metrics.gt_box_rows``)."""
+        for task in ("vehicle_type", "blinker"):
+            probs = pred.get(f"gt_boxes/{task}")
+            if probs is None or f"gt_{task}" not in batch:
+                continue
+            labels = batch[f"gt_{task}"][b].cpu().numpy()
+            vis = batch["gt_visibility"][b].cpu().numpy() if "gt_visibility" in batch else np.zeros(len(labels))
+            rows = gt_box_rows(batch["gt_boxes"][b].cpu().numpy(), vis, labels)
+            answer = probs.cpu().numpy().argmax(-1)
+            self.gt_pairs[task] += [(int(answer[r]), int(labels[r])) for r in rows]
+        probs = pred.get("gt_light_boxes/light")
+        if probs is not None and bool(batch.get("labelled", {}).get("light", [True] * (b + 1))[b]):
+            labels = batch["gt_light_labels"][b].cpu().numpy()
+            vis = batch["gt_light_visibility"][b].cpu().numpy() if "gt_light_visibility" in batch \
+                else np.full(len(labels), -1.0)
+            rows = gt_box_rows(batch["gt_light_boxes"][b].cpu().numpy(), vis, labels, light=True)
+            answer = probs.cpu().numpy().argmax(-1)
+            self.gt_pairs["light"] += [(int(answer[r]), int(labels[r])) for r in rows]
+
+    def _lights(self, batch: Mapping[str, Any], b: int, pred: Mapping[str, torch.Tensor]) -> None:
+        """Counts for the traffic-light recall at 1 m / 2 m (centres in the ego xy plane)."""
+        if "traffic_light" not in self.class_names or "gt_light_boxes" not in batch:
+            return
+        keep = (pred["labels"] == self.class_names.index("traffic_light")) & (pred["scores"] >= self.light_min_score)
+        xy, scores = pred["boxes"][keep, :2].cpu().numpy(), pred["scores"][keep].cpu().numpy()
+        gt = batch["gt_light_boxes"][b][batch["gt_light_mask"][b].bool()][:, :2].cpu().numpy()
+        self.lights["gt"] += len(gt)
+        self.lights["predictions"] += len(xy)
+        for d in LIGHT_DISTANCES:
+            self.lights[f"matched@{d:g}"] += len(greedy_match(xy, scores, gt, d))
+
     # ----------------------------------------------------------------------------- gather
     def state(self) -> dict:
         return {"results": self.results, "map_counts": self.map_counts, "map_labelled": self.map_labelled,
-                "pairs": self.pairs, "labelled_gt": self.labelled_gt}
+                "pairs": self.pairs, "labelled_gt": self.labelled_gt, "gt_pairs": self.gt_pairs,
+                "lights": self.lights}
 
     def merge(self, state: Mapping[str, Any]) -> None:
         for token, boxes in state["results"].items():
@@ -170,6 +202,9 @@ class Evaluator:
         for t in ATTR_TASKS:
             self.pairs[t] += state["pairs"][t]
             self.labelled_gt[t] += state["labelled_gt"][t]
+            self.gt_pairs[t] += state["gt_pairs"][t]
+        for k, v in state["lights"].items():
+            self.lights[k] += v
 
     def evaluate_distributed(self) -> dict[str, float]:
         """Gather every rank's state to rank 0, evaluate there, share the flat metrics with all."""
@@ -200,6 +235,10 @@ class Evaluator:
         report["detection"] = self._detection(verbose)
         report["map_segmentation"] = self._map_report()
         report["attributes"] = self._attr_report()
+        report["attributes_gt_boxes"] = self._gt_attr_report()
+        report["traffic_lights"] = recall_report({d: self.lights[f"matched@{d:g}"] for d in LIGHT_DISTANCES},
+                                                 self.lights["gt"], self.lights["predictions"]) \
+            if self.lights["gt"] else "no traffic lights"
         atomic_write_text(self.out_dir / "metrics.json", json.dumps(_nan_to_none(report), indent=2))
         atomic_write_text(self.out_dir / "metrics.md", format_report(report))
         flat: dict[str, float] = {}
@@ -213,6 +252,11 @@ class Evaluator:
         for task, r in report["attributes"].items():
             if isinstance(r, dict) and r.get("accuracy") is not None:
                 flat[f"acc/{task}"] = r["accuracy"]
+        for task, r in report["attributes_gt_boxes"].items():
+            if r.get("accuracy") is not None:
+                flat[f"gt_boxes_acc/{task}"], flat[f"gt_boxes_f1/{task}"] = r["accuracy"], r["macro_f1"]
+        if isinstance(report["traffic_lights"], dict) and report["traffic_lights"]["recall@2m"] is not None:
+            flat["light_recall@2m"] = report["traffic_lights"]["recall@2m"]
         return flat
 
     def _detection(self, verbose: bool) -> dict:
@@ -249,28 +293,24 @@ class Evaluator:
                 "miou_0.5": float(np.nanmean(list(fixed.values()))), "classes_without_gt_or_pred": absent}
 
     def _attr_report(self) -> dict:
-        out = {}
+        """Per attribute on matched detections: ``classification_report`` plus ``labelled_gt`` /
+        ``matched`` ("not labelled" when no GT object carries the label)."""
+        out: dict[str, Any] = {}
         for task, vocab_field in ATTR_TASKS.items():
-            names = getattr(self.vocab, vocab_field)
-            pairs = self.pairs[task]
             if self.labelled_gt[task] == 0:
                 out[task] = "not labelled"
                 continue
-            if not pairs:
-                # undefined, not 0: no prediction of the class came near a labelled object
-                out[task] = {"labelled_gt": self.labelled_gt[task], "matched": 0, "accuracy": None, "macro_f1": None}
-                continue
-            p = np.array([q[0] for q in pairs])
-            g = np.array([q[1] for q in pairs])
-            f1s = []
-            for c in np.unique(g):
-                tp = int(((p == c) & (g == c)).sum())
-                prec, rec = tp / max(int((p == c).sum()), 1), tp / max(int((g == c).sum()), 1)
-                f1s.append(0.0 if tp == 0 else 2 * prec * rec / (prec + rec))
-            out[task] = {"labelled_gt": self.labelled_gt[task], "matched": len(pairs),
-                         "accuracy": float((p == g).mean()), "macro_f1": float(np.mean(f1s)),
-                         "per_class_support": {names[int(c)]: int((g == c).sum()) for c in np.unique(g)}}
+            pairs = self.pairs[task]
+            rep = classification_report([q[0] for q in pairs], [q[1] for q in pairs], getattr(self.vocab, vocab_field))
+            out[task] = {"labelled_gt": self.labelled_gt[task], "matched": len(pairs), **rep}
         return out
+
+    def _gt_attr_report(self) -> dict:
+        """Per attribute the image head read on GT boxes (``attribute_metrics``); only attributes
+        with rows in the protocol appear."""
+        return {task: classification_report([q[0] for q in pairs], [q[1] for q in pairs],
+                                            getattr(self.vocab, ATTR_TASKS[task]))
+                for task, pairs in self.gt_pairs.items() if pairs}
 
 
 @contextmanager
@@ -338,13 +378,34 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"| **mean** | **{seg['miou_max']:.3f}** | **{seg['miou_0.5']:.3f}** |")
     else:
         lines.append(seg.get("status", ""))
-    lines += ["", "## Attributes (objects matched to GT)", "", "| attribute | accuracy | macro-F1 | matched / labelled |",
-              "|---|---:|---:|---:|"]
+    lines += ["", "## Attributes (objects matched to GT)", "",
+              "| attribute | accuracy | macro-F1 | majority class: accuracy / macro-F1 | matched / labelled |",
+              "|---|---:|---:|---:|---:|"]
     for task, r in report["attributes"].items():
         if isinstance(r, dict) and r["matched"] == 0:
-            lines.append(f"| {task} | – (none matched) | – | 0 / {r['labelled_gt']} |")
+            lines.append(f"| {task} | – (none matched) | – | – | 0 / {r['labelled_gt']} |")
         elif isinstance(r, dict):
-            lines.append(f"| {task} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['matched']} / {r['labelled_gt']} |")
+            lines.append(f"| {task} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['majority_accuracy']:.3f} / "
+                         f"{r['majority_macro_f1']:.3f} | {r['matched']} / {r['labelled_gt']} |")
         else:
-            lines.append(f"| {task} | {r} | | |")
+            lines.append(f"| {task} | {r} | | | |")
+    gt = report.get("attributes_gt_boxes") or {}
+    if gt:
+        lines += ["", "## Attributes on GT boxes (within 30 m, at least 40 % visible)", "",
+                  "| attribute | accuracy | macro-F1 | majority class: accuracy / macro-F1 | objects | recall per class |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for task, r in gt.items():
+            recall = ", ".join(f"{c} {v:.2f}" for c, v in r["recall"].items())
+            lines.append(f"| {task} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['majority_accuracy']:.3f} / "
+                         f"{r['majority_macro_f1']:.3f} | {r['count']} | {recall} |")
+    lights = report.get("traffic_lights")
+    if isinstance(lights, dict):
+        lines += ["", "## Traffic lights (detections with score >= the light threshold)", "",
+                  "| GT lights | predictions | recall @1 m | recall @2 m | precision @2 m |", "|---:|---:|---:|---:|---:|",
+                  f"| {lights['gt']} | {lights['predictions']} | {_fmt(lights['recall@1m'])} | "
+                  f"{_fmt(lights['recall@2m'])} | {_fmt(lights['precision@2m'])} |"]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"

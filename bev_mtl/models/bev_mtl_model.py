@@ -6,6 +6,8 @@
       -> BEVEncoder                                    -> bev_feat [B, Cb, X, Y]
       -> every head                                    -> outputs[name]
     training only: feats -> PerspectiveHead (image-space centres, 2D boxes, depth) -> outputs["persp"]
+    with an image attribute head: feats + the stride-4 trunk tap, sampled at keypoints of boxes
+      (GT in ``loss``, decoded in ``predict``) -> vehicle type / blinker / light colour
 
 Head protocol (adding a task = one file + one config entry)
 -----------------------------------------------------------
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bev_mtl.models.attribute_head import ImageAttributeHead, pad_boxes
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.det_head import CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
@@ -122,13 +125,17 @@ class BEVMultiTaskModel(nn.Module):
         loss_weights: optional weight per loss key for ``total_loss`` (default 1).
         perspective_head: optional training-only auxiliary head on the image features
             (``loss/persp/*``, from ``batch["gt_boxes_2d"]``); never run in eval mode.
+        attribute_head: optional ``ImageAttributeHead``: its attributes are read from the image
+            features at the boxes (``loss/det/<name>`` on GT boxes; ``predict`` fills ``<name>``
+            for the decoded boxes of the "det" head and ``gt_boxes/<name>`` for a batch's GT).
     """
 
     def __init__(self, image_encoder: ImageEncoder, view_transform: LiftSplat, bev_encoder: BEVEncoder,
                  heads: Mapping[str, nn.Module], num_cameras: int, input_size: tuple[int, int],
                  use_depth_supervision: bool = True, depth_weight: float = 1.0,
                  loss_weights: Mapping[str, float] | None = None,
-                 perspective_head: PerspectiveHead | None = None) -> None:
+                 perspective_head: PerspectiveHead | None = None,
+                 attribute_head: ImageAttributeHead | None = None) -> None:
         super().__init__()
         if not heads:
             raise ValueError("at least one head is required")
@@ -149,6 +156,9 @@ class BEVMultiTaskModel(nn.Module):
         self.bev_encoder = bev_encoder
         self.heads = nn.ModuleDict(dict(heads))
         self.perspective_head = perspective_head
+        self.attribute_head = attribute_head
+        if attribute_head is not None and "det" not in self.heads:
+            raise ValueError("the image attribute head reads the boxes of a 'det' head: configure one")
         self.num_cameras, self.input_size = int(num_cameras), (W, H)
         self.use_depth_supervision, self.depth_weight = bool(use_depth_supervision), float(depth_weight)
         self.loss_weights = dict(loss_weights or {})
@@ -187,13 +197,17 @@ class BEVMultiTaskModel(nn.Module):
         ``"persp"``: its outputs on the image features."""
         self.check_inputs(batch)
         images = batch["images"]  # [B, N, 3, H, W]
-        feats = self.image_encoder(images.flatten(0, 1))  # [B*N, Ci, h, w]
+        feats, fine = self.image_encoder.encode(images.flatten(0, 1))  # [B*N, Ci, h, w], [B*N, C4, H/4, W/4]
         bev, depth = self.view_transform(feats, batch["pix_T_cam"], batch["ego_T_cam"],
                                          batch.get("bev_aug"))  # [B, Cv, X, Y], [B, N, D, h, w]
         bev_feat = self.bev_encoder(bev)  # [B, Cb, X, Y]
         outputs: dict[str, Any] = {name: head(bev_feat) for name, head in self.heads.items()}
         outputs["depth"] = depth
         outputs["bev_feat"] = bev_feat
+        if self.attribute_head is not None:
+            # the maps the attribute head samples: lamps are 2-6 pixels at 256x96, so the pixels
+            # themselves (centred RGB) next to the stride-4 and neck features
+            outputs["image_feats"] = (feats, fine, images.flatten(0, 1).float() / 255.0 - 0.5)
         if self.perspective_head is not None and self.training:
             outputs["persp"] = self.perspective_head(feats)  # {name: [B*N, n, h, w]}
         return outputs
@@ -209,6 +223,8 @@ class BEVMultiTaskModel(nn.Module):
                 if key in losses:
                     raise ValueError(f"head {name!r} returned loss key {key!r} twice / clashing with another head")
                 losses[key] = value
+        if self.attribute_head is not None and "gt_boxes" in batch:
+            losses.update(self.attribute_loss(batch, outputs["image_feats"]))
         if "persp" in outputs and batch.get("gt_boxes_2d") is not None:
             losses.update(self.perspective_head.loss(outputs["persp"], batch, self.num_cameras))
         if self.use_depth_supervision and batch.get("depth") is not None:
@@ -217,6 +233,31 @@ class BEVMultiTaskModel(nn.Module):
             if flags is not None:
                 target = target * torch.as_tensor(flags, device=target.device).to(target.dtype).view(-1, 1, 1, 1)
             losses["loss/depth"] = self.view_transform.depth_loss(outputs["depth"], target)
+        return losses
+
+    def attributes_at(self, boxes: list[Tensor], batch: Mapping[str, Any],
+                      image_feats: Sequence[Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """Image attribute logits ``{name: [B, M, n], "seen": [B, M]}`` of B lists of boxes
+        ``[M_b, 9]`` (augmented ego frame) and the ``[B, M]`` mask of real (unpadded) rows."""
+        padded, valid = pad_boxes(boxes, image_feats[0].device)  # [B, M, 9], [B, M]
+        W, H = self.input_size
+        out = self.attribute_head(image_feats, padded, batch["pix_T_cam"], batch["ego_T_cam"], batch.get("bev_aug"),
+                                  (H, W))
+        return out, valid
+
+    def attribute_loss(self, batch: Mapping[str, Any], image_feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        """``loss/det/<name>`` of the image attribute head on the GT boxes and light housings:
+        cross-entropy over the rows with a label (>= 0) that some camera sees, masked by
+        multiplication so unlabelled batches give exact zeros (same graph every batch)."""
+        boxes, labels = attribute_targets(batch, tuple(self.attribute_head.classifiers))
+        out, valid = self.attributes_at(boxes, batch, image_feats)
+        losses = {}
+        for name, target in labels.items():  # [B, M] each
+            target = target.to(valid.device)
+            ok = (valid & out["seen"] & (target >= 0)).float()  # [B, M]
+            logp = torch.log_softmax(out[name].float(), -1)  # [B, M, n]
+            nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # [B, M]
+            losses[f"loss/det/{name}"] = (nll * ok).sum() / ok.sum().clamp(min=1.0)
         return losses
 
     def weighted_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -247,8 +288,62 @@ class BEVMultiTaskModel(nn.Module):
                 if clash:
                     raise ValueError(f"head {name!r} prediction keys {sorted(clash)} clash with another head")
                 res.update(pred)
+        if self.attribute_head is not None:
+            self.predict_attributes(batch, outputs["image_feats"], results)
         return results
+
+    def predict_attributes(self, batch: Mapping[str, Any], image_feats: Sequence[Tensor],
+                            results: list[dict[str, Tensor]]) -> None:
+        """Image attribute probabilities of the decoded boxes (``<name>`` [K, n]) and, when the batch
+        carries GT, of the GT boxes (``gt_boxes/<name>``; the light colour of the housings as
+        ``gt_light_boxes/light``): attribute learning measured apart from detection."""
+        def run(boxes: list[Tensor], prefix: str, names: Sequence[str]) -> None:
+            out, _ = self.attributes_at(boxes, batch, image_feats)
+            for res, bx, b in zip(results, boxes, range(len(results))):
+                for name in names:
+                    if name in out:
+                        res[prefix + name] = out[name][b, :len(bx)].float().softmax(-1)
+
+        names = tuple(self.attribute_head.classifiers)
+        run([r["boxes"] for r in results], "", names)
+        if "gt_boxes" in batch:
+            run(list(batch["gt_boxes"]), "gt_boxes/", [n for n in names if n != "light"])
+        if "light" in names and "gt_light_boxes" in batch:
+            run(list(batch["gt_light_boxes"]), "gt_light_boxes/", ["light"])
 
     def extra_repr(self) -> str:
         return (f"num_cameras={self.num_cameras}, input_size={self.input_size}, heads={list(self.heads)}, "
                 f"use_depth_supervision={self.use_depth_supervision}, depth_weight={self.depth_weight}")
+
+
+def attribute_targets(batch: Mapping[str, Any], names: Sequence[str]) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """Rows the image attribute head trains on, per sample: the in-range GT boxes, then the
+    in-range light housings; labels ``{name: [B, M]}`` padded with -1 (vehicle type and blinker
+    belong to boxes, the colour to housings; ``gt_*`` are already -1 where not labelled)."""
+    B = len(batch["gt_boxes"])
+    boxes, rows = [], {n: [] for n in names}
+    light_ok = batch.get("labelled", {}).get("light")
+    for b in range(B):
+        m = batch["gt_mask"][b].bool()
+        parts = [batch["gt_boxes"][b][m]]
+        lab = {n: [batch[f"gt_{n}"][b][m].long()] if n != "light" else [torch.full((int(m.sum()),), -1)]
+               for n in names}
+        if "light" in names and "gt_light_boxes" in batch:
+            lm = batch["gt_light_mask"][b].bool()
+            parts.append(batch["gt_light_boxes"][b][lm])
+            colour = batch["gt_light_labels"][b][lm].long()
+            if light_ok is not None and not bool(light_ok[b]):
+                colour = torch.full_like(colour, -1)
+            for n in names:
+                lab[n].append(colour if n == "light" else torch.full_like(colour, -1))
+        boxes.append(torch.cat(parts))
+        for n in names:
+            rows[n].append(torch.cat([t.cpu() for t in lab[n]]))
+    M = max([len(x) for x in boxes] + [1])
+    labels = {n: torch.stack([_pad_labels(r, M) for r in rs]) for n, rs in rows.items()}
+    return boxes, labels
+
+
+def _pad_labels(x: Tensor, M: int) -> Tensor:
+    """``[m]`` labels padded with -1 to ``[M]``."""
+    return torch.cat([x, x.new_full((M - len(x),), -1)])

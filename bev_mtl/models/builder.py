@@ -10,7 +10,8 @@
                "map": {"classes": ["drivable_area", ...],
                        "grid": {"x_range": [-25.6, 25.6], "y_range": [-25.6, 25.6], "resolution": 0.4}}},
      "use_depth_supervision": true, "depth_weight": 3.0,
-     "perspective_head": {"hidden_channels": 64}}                       # optional, training-only
+     "perspective_head": {"hidden_channels": 64},                       # optional, training-only
+     "attribute_head": {"attributes": ["vehicle_type", "blinker", "light"]}}  # optional: read from images
 
 Every section's keys are the constructor arguments of its module (``in_channels`` and grids are
 wired here), so an unknown key is a ``ValueError`` naming it, never a silently ignored typo.
@@ -26,6 +27,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from bev_mtl.models.attribute_head import ImageAttributeHead
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel, DetTask, MapTask
 from bev_mtl.models.det_head import DET_CLASSES, CenterHead
@@ -40,7 +42,7 @@ __all__ = ["HEADS", "build_model", "register_head"]
 HEADS: dict[str, Callable[..., nn.Module]] = {"det": DetTask, "map": MapTask}
 
 _TOP_KEYS = ("num_cameras", "input_size", "image_encoder", "view_transform", "bev_encoder", "heads",
-             "use_depth_supervision", "depth_weight", "loss_weights", "perspective_head")
+             "use_depth_supervision", "depth_weight", "loss_weights", "perspective_head", "attribute_head")
 _REQUIRED = ("num_cameras", "input_size", "image_encoder", "view_transform", "bev_encoder", "heads")
 
 
@@ -141,6 +143,9 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
     heads_cfg = cfg["heads"]
     if not isinstance(heads_cfg, Mapping) or not heads_cfg:
         raise ValueError("heads must be a non-empty dict {name: config}")
+    attr_cfg = cfg.get("attribute_head")
+    if attr_cfg is not None:
+        heads_cfg = _image_attributes_off_bev(heads_cfg, attr_cfg)
     # an entry set to None disables a head a base config defines (e.g. single-task ablations)
     heads = {name: _build_head(name, entry, bev_out, grid) for name, entry in heads_cfg.items() if entry is not None}
     if not heads:
@@ -152,7 +157,40 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
         pcfg = _kwargs(PerspectiveHead, cfg["perspective_head"], "perspective_head",
                        ("in_channels", "stride", "num_classes"))
         perspective = PerspectiveHead(image_encoder.out_channels, image_encoder.out_stride, len(classes), **pcfg)
+    attribute = None
+    if attr_cfg is not None:
+        acfg = dict(attr_cfg)
+        names = tuple(acfg.pop("attributes", IMAGE_ATTRIBUTES))
+        _check_keys(acfg, _named(ImageAttributeHead, ("in_channels", "classes")), "attribute_head")
+        sizes = {n: _attribute_size(heads_cfg["det"], n) for n in names}
+        in_channels = image_encoder.out_channels + image_encoder.fine_channels + 3  # + RGB (BEVMultiTaskModel.forward)
+        attribute = ImageAttributeHead(in_channels, sizes, **acfg)
     return BEVMultiTaskModel(image_encoder, view_transform, bev_encoder, heads, num_cameras=int(cfg["num_cameras"]),
                              input_size=(W, H), use_depth_supervision=bool(cfg.get("use_depth_supervision", True)),
                              depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"),
-                             perspective_head=perspective)
+                             perspective_head=perspective, attribute_head=attribute)
+
+
+IMAGE_ATTRIBUTES = ("vehicle_type", "blinker", "light")
+_SIZE_KEYS = {"vehicle_type": ("num_vehicle_types", 10), "blinker": ("num_blinker", 4), "light": ("num_light", 4),
+              "attr": ("num_attributes", 9)}
+
+
+def _image_attributes_off_bev(heads_cfg: Mapping[str, Any], attr_cfg: Mapping[str, Any]) -> dict:
+    """The det head keeps BEV sub-heads only for the attributes the image head does not read."""
+    names = tuple(dict(attr_cfg).get("attributes", IMAGE_ATTRIBUTES))
+    unknown = set(names) - set(_SIZE_KEYS)
+    if unknown:
+        raise ValueError(f"attribute_head.attributes: unknown {sorted(unknown)}; allowed {sorted(_SIZE_KEYS)}")
+    det = heads_cfg.get("det")
+    if det is None:
+        raise ValueError("attribute_head reads the boxes of the det head: heads.det is required")
+    if "light" in names and not det.get("traffic_light", False):
+        raise ValueError("attribute_head.attributes has 'light' but heads.det.traffic_light is False")
+    bev = tuple(n for n in det.get("bev_sub_heads", ("attr", "vehicle_type", "blinker", "light")) if n not in names)
+    return {**heads_cfg, "det": {**det, "bev_sub_heads": bev}}
+
+
+def _attribute_size(det_cfg: Mapping[str, Any], name: str) -> int:
+    key, default = _SIZE_KEYS[name]
+    return int(det_cfg.get(key, default))

@@ -70,6 +70,9 @@ class CenterHead(nn.Module):
         num_attributes / num_vehicle_types / num_blinker / num_light: sub-head sizes (``Vocabularies``).
         traffic_light: add the class "traffic_light" (appended to ``class_names`` and as its own
             group if the names / tasks do not hold it) and the light-colour sub-head.
+        bev_sub_heads: which attribute sub-heads read the BEV cell at the object's centre (of
+            "attr", "vehicle_type", "blinker", "light"); the model's image attribute head takes
+            the others (``attribute_head.py``).
         sub_hidden: hidden width of the sub-head MLPs.
         min_radius / min_overlap: Gaussian radius rule (cells).
         prior_prob: initial heatmap probability (CenterPoint's -2.19 bias is prior 0.1).
@@ -79,7 +82,8 @@ class CenterHead(nn.Module):
                  tasks: Sequence[Sequence[str]] = DEFAULT_TASKS, out_stride: int = 1, shared_channels: int = 64,
                  head_channels: int = 64, num_attributes: int = 9, num_vehicle_types: int = 10, num_blinker: int = 4,
                  sub_hidden: int = 64, min_radius: int = 2, min_overlap: float = 0.1, prior_prob: float = 0.1,
-                 traffic_light: bool = False, num_light: int = 4) -> None:
+                 traffic_light: bool = False, num_light: int = 4,
+                 bev_sub_heads: Sequence[str] = ("attr", "vehicle_type", "blinker", "light")) -> None:
         super().__init__()
         self.class_names = det_class_names({"class_names": class_names, "traffic_light": traffic_light})
         self.tasks = tuple(tuple(t) for t in tasks)
@@ -114,11 +118,14 @@ class CenterHead(nn.Module):
         self.heatmap = nn.ModuleList(conv_branch(shared_channels, head_channels, len(t), bias) for t in self.tasks)
         self.regression = nn.ModuleDict({name: nn.ModuleList(conv_branch(shared_channels, head_channels, n)
                                                              for _ in self.tasks) for name, n in REG_BRANCHES})
-        self.sub_heads = nn.ModuleDict({"attr": _mlp(shared_channels, sub_hidden, num_attributes),
-                                        "vehicle_type": _mlp(shared_channels, sub_hidden, num_vehicle_types),
-                                        "blinker": _mlp(shared_channels, sub_hidden, num_blinker)})
+        sizes = {"attr": num_attributes, "vehicle_type": num_vehicle_types, "blinker": num_blinker}
         if traffic_light:
-            self.sub_heads["light"] = _mlp(shared_channels, sub_hidden, num_light)
+            sizes["light"] = num_light
+        unknown = set(bev_sub_heads) - {"attr", "vehicle_type", "blinker", "light"}
+        if unknown:
+            raise ValueError(f"bev_sub_heads: unknown {sorted(unknown)}; allowed attr, vehicle_type, blinker, light")
+        self.sub_heads = nn.ModuleDict({name: _mlp(shared_channels, sub_hidden, n) for name, n in sizes.items()
+                                        if name in bev_sub_heads})
 
     def forward(self, feat: Tensor) -> dict[str, Tensor]:
         """``{"heatmap": [B, K, Xo, Yo] logits (K classes in task order), "offset": [B, T, 2, Xo, Yo],
@@ -251,7 +258,8 @@ def attribute_for_class(name: str, probs: np.ndarray, attr_names: Sequence[str])
 
 
 def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: np.ndarray | None,
-                class_names: Sequence[str], attr_names: Sequence[str], sample_token: str = "") -> list[dict]:
+                class_names: Sequence[str], attr_names: Sequence[str], sample_token: str = "",
+                skip_vehicle_types: Sequence[int] = ()) -> list[dict]:
     """One sample's decoded boxes (augmented-ego frame) -> nuScenes results-format dicts.
 
     First ``bev_aug`` is undone exactly as ``augment.transform_boxes`` applied it (centre as a
@@ -259,7 +267,10 @@ def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: n
     inverts ``Boxes.to_ego`` exactly even for a tilted ego: there the ego yaw is the direction of
     the global (horizontal) heading projected onto the ego xy-plane, so the global heading is the
     horizontal unit vector perpendicular to R·(sin ψ, -cos ψ, 0) (the ego-plane normal of that
-    direction), and the global velocity solves the 2x2 system v_ego = (Rᵀ)[:2, :2] v_global."""
+    direction), and the global velocity solves the 2x2 system v_ego = (Rᵀ)[:2, :2] v_global.
+
+    ``skip_vehicle_types``: vehicle-type indices whose boxes are left out (the emergency types:
+    nuScenes ignores emergency-vehicle GT, so such a box could only be a false positive)."""
     boxes = decoded["boxes"].detach().double().cpu().numpy().reshape(-1, 9)  # [K, 9]
     if bev_aug is not None:
         a = np.asarray(bev_aug, np.float64)
@@ -284,10 +295,14 @@ def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: n
     scores = decoded["scores"].detach().cpu().numpy()
     labels = decoded["labels"].detach().cpu().numpy()
     attr = decoded["attr"].detach().cpu().numpy() if "attr" in decoded else np.zeros((len(boxes), len(attr_names)))
+    vtype = decoded["vehicle_type"].argmax(-1).cpu().numpy() if "vehicle_type" in decoded and len(skip_vehicle_types) \
+        else np.full(len(boxes), -1)
     out = []
     for k in range(len(boxes)):
         name = class_names[int(labels[k])]
         if name not in DET_CLASSES:  # e.g. traffic_light: not a nuScenes detection class
+            continue
+        if name == "car" and int(vtype[k]) in skip_vehicle_types:
             continue
         out.append({"sample_token": sample_token, "translation": center[k].tolist(),
                     "size": [float(boxes[k, 4]), float(boxes[k, 3]), float(boxes[k, 5])],  # nuScenes: w, l, h

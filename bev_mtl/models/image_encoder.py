@@ -2,6 +2,7 @@
 
     images [B*N, 3, H, W] pixels 0..255  ->  (x - mean) / std of the trunk's own ImageNet training
       ->  trunk taps at strides 8/16/32  ->  top-down FPN  ->  [B*N, C, H/s, W/s]
+      (and the stride-4 tap as it is: the fine features the image attribute head samples lamps from)
 
 The encoder owns the normalisation because it is a fact of the trunk's weights (torchvision's
 ImageNet mean/std; (x - 0.5) / 0.5 for EfficientNet-Lite0): images travel as uint8 pixels from the
@@ -42,7 +43,7 @@ class _TrunkSpec:
     """How to read one torchvision classifier as a multi-scale backbone."""
 
     blocks: tuple[str, ...]  # submodule names run in order, input to stride-32 output
-    taps: dict[int, int]  # block index -> output stride of that block's output (8, 16, 32)
+    taps: dict[int, int]  # block index -> output stride of that block's output (4, 8, 16, 32)
     channels: dict[int, int]  # output stride -> channels of the tap
     freeze_groups: tuple[tuple[str, ...], ...]  # frozen in order as freeze_stages grows
     freeze_offset: int  # freeze_stages=k >= 0 freezes freeze_groups[:k + freeze_offset]
@@ -56,11 +57,12 @@ class _TrunkSpec:
         return len(self.freeze_groups) - self.freeze_offset
 
 
-def _resnet_spec(c8: int, c16: int, c32: int, weights: str) -> _TrunkSpec:
+def _resnet_spec(c4: int, c8: int, c16: int, c32: int, weights: str) -> _TrunkSpec:
     blocks = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     # freeze_stages=k freezes the stem and layer1..layerk (k=0: stem only), as in mmdet.
     groups = (("conv1", "bn1"),) + tuple((f"layer{i}",) for i in range(1, 5))
-    return _TrunkSpec(blocks, {5: 8, 6: 16, 7: 32}, {8: c8, 16: c16, 32: c32}, groups, 1, ("fc",), weights)
+    return _TrunkSpec(blocks, {4: 4, 5: 8, 6: 16, 7: 32}, {4: c4, 8: c8, 16: c16, 32: c32}, groups, 1, ("fc",),
+                      weights)
 
 
 def _features_spec(n_blocks: int, taps: dict[int, int], channels: dict[int, int], weights: str) -> _TrunkSpec:
@@ -76,19 +78,19 @@ def _lite0_spec() -> _TrunkSpec:
     stages = ((0,), (1, 2), (3, 4), (5, 6, 7), (8, 9, 10), (11, 12, 13, 14), (15,))
     blocks = ("_conv_stem", "_bn0", "_stem_act") + tuple(f"_blocks.{i}" for i in range(16))
     groups = (("_conv_stem", "_bn0"),) + tuple(tuple(f"_blocks.{i}" for i in st) for st in stages)
-    return _TrunkSpec(blocks, {7: 8, 13: 16, 18: 32}, {8: 40, 16: 112, 32: 320}, groups, 1,
+    return _TrunkSpec(blocks, {5: 4, 7: 8, 13: 16, 18: 32}, {4: 24, 8: 40, 16: 112, 32: 320}, groups, 1,
                       ("_conv_head", "_bn1", "_fc"), None, efficientnet_lite.MEAN, efficientnet_lite.STD)
 
 
 # The stride-32 tap of the MobileNet/EfficientNet trunks is their last 1x1 expansion conv
 # (960/1280 channels) so that a full ImageNet checkpoint of `features` is used, not skipped.
 TRUNKS: dict[str, _TrunkSpec] = {
-    "resnet18": _resnet_spec(128, 256, 512, "ResNet18_Weights.IMAGENET1K_V1"),
-    "resnet34": _resnet_spec(128, 256, 512, "ResNet34_Weights.IMAGENET1K_V1"),
-    "resnet50": _resnet_spec(512, 1024, 2048, "ResNet50_Weights.IMAGENET1K_V2"),
-    "mobilenet_v3_large": _features_spec(17, {6: 8, 12: 16, 16: 32}, {8: 40, 16: 112, 32: 960},
+    "resnet18": _resnet_spec(64, 128, 256, 512, "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": _resnet_spec(64, 128, 256, 512, "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": _resnet_spec(256, 512, 1024, 2048, "ResNet50_Weights.IMAGENET1K_V2"),
+    "mobilenet_v3_large": _features_spec(17, {3: 4, 6: 8, 12: 16, 16: 32}, {4: 24, 8: 40, 16: 112, 32: 960},
                                          "MobileNet_V3_Large_Weights.IMAGENET1K_V2"),
-    "efficientnet_b0": _features_spec(9, {3: 8, 5: 16, 8: 32}, {8: 40, 16: 112, 32: 1280},
+    "efficientnet_b0": _features_spec(9, {2: 4, 3: 8, 5: 16, 8: 32}, {4: 24, 8: 40, 16: 112, 32: 1280},
                                       "EfficientNet_B0_Weights.IMAGENET1K_V1"),
     # the ImageNet trunk that installs from the package registry (works offline): see efficientnet_lite.py
     "efficientnet_lite0": _lite0_spec(),
@@ -245,7 +247,7 @@ class ImageEncoder(nn.Module):
     # ------------------------------------------------------------------ forward
     def trunk_features(self, images: Tensor) -> dict[int, Tensor]:
         """Pixels ``[B*N, 3, H, W]`` (uint8 or float, 0..255) -> trunk taps
-        ``{8: [B*N, C8, H/8, W/8], 16: [..., H/16, ...], 32: [..., H/32, ...]}``."""
+        ``{4: [B*N, C4, H/4, W/4], 8: [B*N, C8, H/8, W/8], 16: [..., H/16, ...], 32: [..., H/32, ...]}``."""
         self._check_input(images)
         feats: dict[int, Tensor] = {}
         x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std  # the trunk's normalisation
@@ -256,8 +258,18 @@ class ImageEncoder(nn.Module):
                 feats[stride] = x
         return feats
 
+    @property
+    def fine_channels(self) -> int:
+        """Channels of the stride-4 trunk tap (``encode``'s second output)."""
+        return self._spec.channels[4]
+
     def forward(self, images: Tensor) -> Tensor:
         """Pixels ``[B*N, 3, H, W]`` (0..255) -> ``[B*N, out_channels, H/out_stride, W/out_stride]``."""
+        return self.encode(images)[0]
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward``'s map and the stride-4 trunk tap ``[B*N, C4, H/4, W/4]`` (computed on the way
+        anyway: the finest features the trunk has, where a lamp of a few pixels still has its colour)."""
         feats = self.trunk_features(images)
         out = self.lateral["32"](feats[32])  # [B*N, C, H/32, W/32]
         for stride in self.levels[1:]:
@@ -265,7 +277,7 @@ class ImageEncoder(nn.Module):
             # exports as a constant-scale ONNX Resize.
             out = F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)
             out = out + self.lateral[str(stride)](feats[stride])  # [B*N, C, H/s, W/s]
-        return self.smooth(out)  # [B*N, C, H/out_stride, W/out_stride]
+        return self.smooth(out), feats[4]  # [B*N, C, H/out_stride, W/out_stride], [B*N, C4, H/4, W/4]
 
     @staticmethod
     def _check_input(images: Tensor) -> None:

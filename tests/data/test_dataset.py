@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bev_mtl.data.augment import cbgs_indices
-from bev_mtl.data.dataset import DET_CLASSES, MultiViewDataset, Vocabularies, collate
+from bev_mtl.data.dataset import DET_CLASSES, MultiViewDataset, Vocabularies, collate, detection_names
 from bev_mtl.data.geometry import box_corners_to_image, inv_T
 from bev_mtl.data.map_targets import MapTargetConfig
 from bev_mtl.data.nusc_infos import DataError, create_infos, load_infos
@@ -40,7 +40,7 @@ def infos8(tmp_path_factory) -> Path:
 
 
 def _kept_boxes(s) -> np.ndarray:
-    return np.array([i for i, n in enumerate(s.boxes.detection_name) if n in DET_CLASSES])
+    return np.array([i for i, n in enumerate(detection_names(s.boxes)) if n in DET_CLASSES])  # emergency: car
 
 
 def _corners9(b: np.ndarray) -> np.ndarray:
@@ -305,3 +305,23 @@ def test_item_cache_serves_identical_items_and_only_for_the_test_view(infos6: Pa
     # other settings (here the input size) read from another folder
     other = MultiViewDataset(infos6, cams6, (256, 128), augment="off", cache_dir=tmp_path / "c", **kw)
     assert other.item_cache.dir != cached.item_cache.dir
+
+
+def test_emergency_vehicles_are_car_targets_with_their_type(infos6: Path, cams6: list[str]) -> None:
+    """Ambulances and police cars (no nuScenes detection class) are car rows whose vehicle type
+    names them; the devkit's own detection_name stays '' in the info file."""
+    ds = MultiViewDataset(infos6, cams6, input_size=(192, 96), train=False)
+    vocab = Vocabularies()
+    emergency = {vocab.vehicle_types.index(c) for c in ("vehicle.emergency.ambulance", "vehicle.emergency.police")}
+    found = 0
+    for i, s in enumerate(ds.samples):
+        cats = [c for c, n in zip(s.boxes.category, s.boxes.detection_name) if c.startswith("vehicle.emergency")]
+        assert all(n == "" for c, n in zip(s.boxes.category, s.boxes.detection_name) if c in cats)
+        if not cats:
+            continue
+        item = ds[i]
+        rows = [k for k, t in enumerate(item["gt_vehicle_type"].tolist()) if t in emergency]
+        assert len(rows) == len(cats)
+        assert all(int(item["gt_labels"][k]) == DET_CLASSES.index("car") for k in rows)
+        found += len(rows)
+    assert found > 0, "the tiny world has no emergency vehicle: pick another seed"

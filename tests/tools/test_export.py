@@ -113,3 +113,27 @@ def test_untraceable_module_is_named(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(head, "forward", data_dependent)
     with pytest.raises(ExportError, match=r"torch.export failed in module 'heads.map'.*\n.*test_export.py"):
         export_onnx(model, tmp_path / "bad.onnx", batch)
+
+
+def test_export_with_image_attribute_head(tmp_path) -> None:
+    """The graph also outputs the image maps the attribute head samples; ``decode`` with the inputs
+    gives the same vehicle type / blinker / light probabilities as the eager model."""
+    cfg = tiny_model_cfg()
+    cfg["heads"]["det"]["traffic_light"] = True
+    cfg["attribute_head"] = {"attributes": ["vehicle_type", "blinker", "light"], "point_channels": 8, "hidden": 16}
+    torch.manual_seed(0)
+    model, batch = build_model(cfg).eval(), example_batch()
+    batch["images"] = torch.rand(1, 6, 3, H, W) * 255
+    path = tmp_path / "attr.onnx"
+    meta = export_onnx(model, path, batch)
+    assert meta["outputs"][-2:] == ["image_feats", "image_fine"]
+    raw = OnnxModel(path, threads=1).run(**batch)
+    diffs = max_abs_diffs(eager_raw_outputs(model, batch), raw)
+    assert diffs["image_feats"] <= 1e-4 and diffs["image_fine"] <= 1e-4, diffs
+    want = model.predict(batch)[0]
+    got = decode(model, raw, batch)[0]
+    assert len(want["scores"]) > 0 and len(got["scores"]) == len(want["scores"])
+    for key in ("vehicle_type", "blinker", "light"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="pass inputs="):
+        decode(model, raw)
