@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from bev_mtl.data.dataset import detection_names
 from bev_mtl.vis import BEVView, BoxSet, GT_COLOUR, box_corners_3d, camera_mosaic, camera_rows, class_colour
 from bev_mtl.vis.camera_mosaic import project_box_edges
 
@@ -163,11 +164,12 @@ def test_results_json_round_trip(setup):
     ds = setup["ds"]
     s, item = ds.samples[0], ds[0]
     b = s.boxes
-    keep = [k for k, n in enumerate(b.detection_name) if n in ds.det_classes]
+    names = detection_names(b)  # emergency vehicles are car rows of the dataset
+    keep = [k for k, n in enumerate(names) if n in ds.det_classes]
     entries = [{"sample_token": s.token, "translation": b.center[k].tolist(),
                 "size": [b.lwh[k, 1], b.lwh[k, 0], b.lwh[k, 2]],
                 "rotation": [math.cos(b.yaw[k] / 2), 0.0, 0.0, math.sin(b.yaw[k] / 2)],
-                "velocity": np.nan_to_num(b.velocity[k]).tolist(), "detection_name": b.detection_name[k],
+                "velocity": np.nan_to_num(b.velocity[k]).tolist(), "detection_name": names[k],
                 "detection_score": 0.9, "attribute_name": b.attribute[k] if b.attribute else ""} for k in keep]
     boxes, names, _, _ = vis_tool.results_to_ego(entries, s.global_T_ego)
     gt = item["gt_boxes"].numpy()  # [M, 9] ego
