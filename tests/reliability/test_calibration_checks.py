@@ -44,7 +44,8 @@ def _inputs(w: int = SRC_W, h: int = SRC_H) -> tuple[list[np.ndarray], dict[str,
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(6)]
     rig = rig_batch(w, h)
-    return images, {"pix_T_cam": rig["pix_T_cam"][0].double().numpy(), "ego_T_cam": rig["ego_T_cam"][0].double().numpy()}
+    calib = {"pix_T_cam": rig["pix_T_cam"][0].double().numpy(), "ego_T_cam": rig["ego_T_cam"][0].double().numpy()}
+    return images, calib
 
 
 def _with(calib: dict, key: str, cam: int, fn) -> dict:
@@ -222,7 +223,8 @@ def test_real_keyframe_passes_and_its_intrinsics_know_their_size(real_raw) -> No
 
 
 @pytest.mark.parametrize("path, mutate, needle", [
-    (("images", "CAM_BACK", "cam2ego"), lambda m: m @ np.diag([1.02, 1.02, 1.02, 1.0]), r"images\.CAM_BACK\.cam2ego is not a rigid"),
+    (("images", "CAM_BACK", "cam2ego"), lambda m: m @ np.diag([1.02, 1.02, 1.02, 1.0]),
+     r"images\.CAM_BACK\.cam2ego is not a rigid"),
     (("images", "CAM_BACK", "lidar2cam"), lambda m: m @ np.diag([1.0, -1.0, 1.0, 1.0]), r"lidar2cam .* det -1"),
     (("ego2global",), lambda m: m + np.diag([0.01, 0, 0, 0]), r"ego2global is not a rigid"),
     (("images", "CAM_BACK", "cam2img"), lambda m: m * np.array([[1, 1, 1], [0, 0, 1], [0, 0, 1]]),
@@ -281,3 +283,18 @@ def test_export_refuses_a_bad_rig(tmp_path, capsys, export_cli, change, needle) 
     assert err.startswith(f"error: --fixed-rig {calib}: ")
     assert re.search(needle, err), err
     assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
+
+
+# ------------------------------------------------------------------- synthetic rig files
+@pytest.mark.parametrize("camera, needle", [
+    ({"rotation": [0.9, 0.0, 0.0, 0.0], "f": 500.0}, r"cameras\[0\]: rotation quaternion .* norm 0\.9"),
+    ({"intrinsic": [[500.0, 0, 1700.0], [0, 500.0, 450.0], [0, 0, 1]]}, r"cameras\[0\]: principal point.*1600x900"),
+    ({"intrinsic": [[500.0, 0, 800.0], [0, 0.0, 450.0], [0, 0, 1]]}, r"cameras\[0\]: intrinsics .*fy=0"),
+])
+def test_synthetic_rig_file_checked_like_the_tables(camera, needle) -> None:
+    from bev_mtl.synthetic.rigs import load_rig, rig_from_dict
+
+    for name in ("nuscenes6", "ring8"):  # the built-in rigs write tables that pass create_data
+        load_rig(name)
+    with pytest.raises(ValueError, match=needle):
+        rig_from_dict({"cameras": [{"channel": "CAM_X", "translation": [0, 0, 1.5], **camera}]}, "rig.yaml")
