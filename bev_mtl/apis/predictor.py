@@ -230,8 +230,8 @@ class Predictor:
         batch = {k: batch[k].to(self.device) for k in keys if batch.get(k) is not None}
         self.model.check_inputs(batch)  # shapes first, so the rig check below can index safely
         pix, ego = batch["pix_T_cam"].double().cpu().numpy(), batch["ego_T_cam"].double().cpu().numpy()
+        names = camera_names(pix.shape[1], self.cameras)
         for b in range(len(pix)):  # pix [B, N, 3, 3], ego [B, N, 4, 4]
-            names = camera_names(pix.shape[1], self.cameras)
             check_rig(pix[b], ego[b], [self.input_size] * len(names), [f"sample {b} {n}" for n in names])
         return [to_numpy_predictions(self.model, p, self.vocab) for p in self.model.predict(batch)]
 

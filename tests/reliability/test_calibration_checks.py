@@ -298,3 +298,17 @@ def test_synthetic_rig_file_checked_like_the_tables(camera, needle) -> None:
         load_rig(name)
     with pytest.raises(ValueError, match=needle):
         rig_from_dict({"cameras": [{"channel": "CAM_X", "translation": [0, 0, 1.5], **camera}]}, "rig.yaml")
+
+
+def test_dataset_checks_principal_point_when_the_info_has_no_size(real_raw) -> None:
+    from bev_mtl.data.dataset import MultiViewDataset
+
+    (s,) = load_mmdet3d_infos(REAL_PKL)  # mmdet3d infos store no image size: checked on reading the image
+    cams = [c.channel for c in s.cameras]
+    ds = MultiViewDataset([s], cams)
+    front = s.cameras[cams.index("CAM_FRONT")]
+    assert front.size == (0, 0) and ds._load_image(s, front).shape == (900, 1600, 3)
+    bad = copy.copy(front)
+    bad.pix_T_cam = np.diag([2.0, 2.0, 1.0]) @ front.pix_T_cam  # intrinsics of a 3200x1800 image
+    with pytest.raises(DataError, match=rf"sample {s.token} CAM_FRONT \(.*\.jpg\): principal point.*1600x900"):
+        MultiViewDataset([s], cams)._load_image(s, bad)  # a fresh dataset: each file is checked once per process
