@@ -20,6 +20,9 @@ CALIB.json: {"pix_T_cam": [N][3][3] intrinsics at the source image size, "ego_T_
 "image_size": [W, H] of the source images (default: the network input size)}; cameras in the
 config's data.cameras order. The image transform the Predictor applies (test-time resize + crop)
 is folded in, unless "at_input_size": true says pix_T_cam is already for the network input.
+The rig is checked like the Predictor's input before anything is exported: images of image_size
+at least the network input, intrinsics invertible with the principal point inside the image,
+ego_T_cam rigid; a failure prints "error: ..." naming the file and camera, exit status 2.
 
 After export the graph is run once in ONNX Runtime on random images and compared with eager
 PyTorch (max abs difference per output); exit status 1 if any exceeds --tolerance.
@@ -42,20 +45,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bev_mtl.apis.export import (ExportError, OnnxModel, eager_raw_outputs, export_onnx, fix_rig,  # noqa: E402
                                  max_abs_diffs)
-from bev_mtl.apis.predictor import load_model, preprocess  # noqa: E402
+from bev_mtl.apis.predictor import camera_names, load_model, preprocess  # noqa: E402
 from bev_mtl.data.augment import AugmentConfig  # noqa: E402
+from bev_mtl.data.calibration import check_rig  # noqa: E402
+from bev_mtl.data.errors import DataError  # noqa: E402
 from bev_mtl.engine.config import DictAction, load_config  # noqa: E402
 
 
+def _read_calib(path: Path) -> dict:
+    try:
+        calib = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"--fixed-rig {path}: cannot read the calibration file ({e})") from None
+    missing = [k for k in ("pix_T_cam", "ego_T_cam") if not isinstance(calib, dict) or k not in calib]
+    if missing:
+        raise DataError(f"--fixed-rig {path}: missing key(s) {missing}")
+    return calib
+
+
 def calibration_from_json(path: str | Path, input_size: tuple[int, int], data_cfg: dict) -> tuple[torch.Tensor, ...]:
-    """(pix_T_cam [1, N, 3, 3] at the input size, ego_T_cam [1, N, 4, 4]) from a CALIB.json."""
-    calib = json.loads(Path(path).read_text())
-    W, H = calib.get("image_size", input_size)
-    pix, ego = np.asarray(calib["pix_T_cam"], np.float64), np.asarray(calib["ego_T_cam"], np.float64)
-    if calib.get("at_input_size"):  # already the network input's intrinsics: nothing to fold in
-        return torch.from_numpy(pix).float()[None], torch.from_numpy(ego).float()[None]
-    images = [np.zeros((int(H), int(W), 3), np.uint8)] * len(pix)  # only the geometry of the transform matters
-    b = preprocess(images, pix, ego, input_size, AugmentConfig.from_dict(data_cfg.get("augment")).image)
+    """(pix_T_cam [1, N, 3, 3] at the input size, ego_T_cam [1, N, 4, 4]) from a CALIB.json, checked
+    like the Predictor's input (bev_mtl/data/calibration.py); DataError naming the file and camera."""
+    path = Path(path)
+    calib = _read_calib(path)
+    cameras = data_cfg.get("cameras")
+    try:
+        pix, ego = np.asarray(calib["pix_T_cam"], np.float64), np.asarray(calib["ego_T_cam"], np.float64)
+        if pix.ndim != 3 or ego.ndim != 3 or len(pix) != len(ego):
+            raise DataError(f"pix_T_cam must be [N, 3, 3] and ego_T_cam [N, 4, 4], got {list(pix.shape)} and "
+                            f"{list(ego.shape)}")
+        if calib.get("at_input_size"):  # already the network input's intrinsics: nothing to fold in
+            check_rig(pix, ego, [input_size] * len(pix), camera_names(len(pix), cameras))
+            return torch.from_numpy(pix).float()[None], torch.from_numpy(ego).float()[None]
+        W, H = (int(v) for v in calib.get("image_size", input_size))
+        images = [np.zeros((H, W, 3), np.uint8)] * len(pix)  # only the geometry of the transform matters
+        b = preprocess(images, pix, ego, input_size, AugmentConfig.from_dict(data_cfg.get("augment")).image, cameras)
+    except (TypeError, ValueError) as e:  # DataError included: say which file it came from
+        raise DataError(f"--fixed-rig {path}: {e}") from None
     return b["pix_T_cam"], b["ego_T_cam"]
 
 
@@ -72,8 +98,11 @@ def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[
     key_T_global = inv_T(s.global_T_ego)
     ego = np.stack([key_T_global @ c.global_T_ego @ c.ego_T_cam for c in cams])  # [N, 4, 4] as the dataset does
     images = [np.zeros((c.size[1], c.size[0], 3), np.uint8) for c in cams]
-    b = preprocess(images, np.stack([c.pix_T_cam for c in cams]), ego, input_size,
-                   AugmentConfig.from_dict(data_cfg.get("augment")).image)
+    try:  # the Predictor's checks: the baked-in rig must be one it would accept
+        b = preprocess(images, np.stack([c.pix_T_cam for c in cams]), ego, input_size,
+                       AugmentConfig.from_dict(data_cfg.get("augment")).image, data_cfg["cameras"])
+    except ValueError as e:
+        raise DataError(f"--fixed-rig-from-data {path} sample {s.token}: {e}") from None
     print(f"fixed rig from {path} sample {s.token} ({cams[0].size[0]}x{cams[0].size[1]} images)")
     return b["pix_T_cam"], b["ego_T_cam"]
 
@@ -140,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     W, H = model.input_size
     N = model.num_cameras
     fixed = bool(args.fixed_rig or args.fixed_rig_from_data)
-    if args.fixed_rig:
-        pix, ego = calibration_from_json(args.fixed_rig, (W, H), data_cfg)
-    elif args.fixed_rig_from_data:
-        pix, ego = calibration_from_data(data_cfg, (W, H))
-    else:
+    try:
+        if args.fixed_rig:
+            pix, ego = calibration_from_json(args.fixed_rig, (W, H), data_cfg)
+        elif args.fixed_rig_from_data:
+            pix, ego = calibration_from_data(data_cfg, (W, H))
+    except DataError as e:  # a rig that cannot be right is not baked into a graph
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not fixed:
         from benchmarks.model_latency import rig_batch  # a plausible example rig; any calibration works later
 
         if N != 6:

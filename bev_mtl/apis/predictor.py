@@ -12,6 +12,11 @@ Preprocessing reuses ``bev_mtl.data.augment`` (``sample_image_aug(train=False)``
 evaluated on images scaled to cover the input window and bottom-cropped, so any other resize is
 a distribution shift the intrinsics cannot undo (the geometry would be right, the pixels not).
 
+Input checks (``bev_mtl.data.calibration``, one home for them): every image at least the network
+input size, intrinsics invertible and for that image's size (principal point inside it), ego_T_cam
+rigid (orthonormal rotation, det +1). A failure is a ``DataError`` naming the camera; nothing is
+predicted from a rig that cannot be right. The checks cost ~0.2 ms per call (6 cameras).
+
 Robotics use: build one ``Predictor`` at start-up and call ``predict`` from the camera callback
 (docs/deployment.md has a ROS2-style example). The model's pooling plan is cached per
 calibration, so a fixed rig pays the geometry cost once.
@@ -28,6 +33,7 @@ import torch
 from mmengine.config import Config
 
 from bev_mtl.data.augment import AugmentConfig, ImageAugConfig, apply_image_aug, sample_image_aug
+from bev_mtl.data.calibration import check_image_size, check_rig
 from bev_mtl.data.dataset import Vocabularies
 from bev_mtl.engine.checkpoint import load_model_weights
 from bev_mtl.engine.config import load_config, to_plain
@@ -81,15 +87,32 @@ def _as_matrices(name: str, value: Any, n: int, shape: tuple[int, int]) -> np.nd
     return arr
 
 
+def camera_names(n: int, cameras: Sequence[str] | None = None) -> list[str]:
+    """How messages name camera k: 'camera 2 (CAM_FRONT_LEFT)', or 'camera 2' without names."""
+    return [f"camera {k}" + (f" ({cameras[k]})" if cameras and k < len(cameras) else "") for k in range(n)]
+
+
+def _check_image(img: Any, where: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
+        raise ValueError(f"{where}: image must be [H, W, 3] uint8 RGB, got {img.dtype} {list(img.shape)}")
+    return img
+
+
 def preprocess(images: Sequence[np.ndarray] | np.ndarray, pix_T_cam: np.ndarray, ego_T_cam: np.ndarray,
-               input_size: tuple[int, int], image_cfg: ImageAugConfig | None = None) -> dict[str, torch.Tensor]:
+               input_size: tuple[int, int], image_cfg: ImageAugConfig | None = None,
+               cameras: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Camera images + source-size calibration -> a model batch of one sample.
 
     images: N arrays [H_n, W_n, 3] uint8 RGB (cameras may differ in size); pix_T_cam [N, 3, 3]
-    intrinsics of those source images; ego_T_cam [N, 4, 4]; input_size (W, H) of the network.
+    intrinsics of those source images; ego_T_cam [N, 4, 4]; input_size (W, H) of the network;
+    cameras: channel names, only to name a culprit in errors.
     Returns {"images" [1, N, 3, H, W] uint8 pixels (the model normalises), "pix_T_cam" [1, N, 3, 3] (the image
     transform folded in), "ego_T_cam" [1, N, 4, 4], "bev_aug" [1, 4, 4] identity}. ValueError on
-    a wrong count, dtype, shape or a non-finite calibration."""
+    a wrong count, dtype, shape or a non-finite calibration; ``DataError`` (a ValueError) naming the
+    camera when an image is smaller than the input, its intrinsics are singular or belong to another
+    image size (principal point outside the image), or ego_T_cam is not rigid (bev_mtl/data/calibration.py).
+    """
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
     if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
@@ -99,15 +122,18 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, pix_T_cam: np.ndarray,
         raise ValueError("no images given")
     K = _as_matrices("pix_T_cam", pix_T_cam, n, (3, 3))  # [N, 3, 3]
     T = _as_matrices("ego_T_cam", ego_T_cam, n, (4, 4))  # [N, 4, 4]
-    cfg = image_cfg or ImageAugConfig()
     W, H = (int(v) for v in input_size)
+    wheres = camera_names(n, cameras)
+    images = [_check_image(img, where) for img, where in zip(images, wheres)]
+    sizes = [(img.shape[1], img.shape[0]) for img in images]
+    for size, where in zip(sizes, wheres):
+        check_image_size(size, (W, H), where)
+    check_rig(K, T, sizes, wheres)
+    cfg = image_cfg or ImageAugConfig()
     out = np.empty((n, 3, H, W), np.uint8)  # [N, 3, H, W]
     folded = np.empty((n, 3, 3))
     rng = np.random.default_rng(0)  # unused at test time (deterministic transform), required by the API
     for k, img in enumerate(images):
-        img = np.asarray(img)
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
-            raise ValueError(f"image {k} must be [H, W, 3] uint8 RGB, got {img.dtype} {list(img.shape)}")
         aug = sample_image_aug(rng, (img.shape[1], img.shape[0]), (W, H), cfg, train=False)
         out[k] = apply_image_aug(np.ascontiguousarray(img), aug).transpose(2, 0, 1)
         folded[k] = aug.matrix @ K[k]
@@ -191,15 +217,22 @@ class Predictor:
             order = f" in the order {list(self.cameras)}" if self.cameras else ""
             raise ValueError(f"got {n} images but the model expects {self.num_cameras} cameras{order}")
         batch = preprocess(images, calibration["pix_T_cam"], calibration["ego_T_cam"], self.input_size,
-                           self.image_cfg)
+                           self.image_cfg, self.cameras)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.inference_mode()
     def predict_batch(self, batch: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """An already collated model batch (``images`` [B, N, 3, H, W] uint8 pixels, ``pix_T_cam``
-        at the input size, ``ego_T_cam``, optional ``bev_aug``) -> one numpy dict per sample."""
+        at the input size, ``ego_T_cam``, optional ``bev_aug``) -> one numpy dict per sample.
+        ``DataError`` if a camera's intrinsics are singular or not for the input size (principal
+        point outside the input image) or its ego_T_cam is not rigid."""
         keys = ("images", "pix_T_cam", "ego_T_cam", "bev_aug")
         batch = {k: batch[k].to(self.device) for k in keys if batch.get(k) is not None}
+        self.model.check_inputs(batch)  # shapes first, so the rig check below can index safely
+        pix, ego = batch["pix_T_cam"].double().cpu().numpy(), batch["ego_T_cam"].double().cpu().numpy()
+        names = camera_names(pix.shape[1], self.cameras)
+        for b in range(len(pix)):  # pix [B, N, 3, 3], ego [B, N, 4, 4]
+            check_rig(pix[b], ego[b], [self.input_size] * len(names), [f"sample {b} {n}" for n in names])
         return [to_numpy_predictions(self.model, p, self.vocab) for p in self.model.predict(batch)]
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray,

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from .augment import (AugmentConfig, apply_image_aug, bev_aug_2d, photometric_jitter,
                       sample_bev_aug, sample_image_aug, transform_boxes)
+from .calibration import check_intrinsics
 from .geometry import boxes_in_cameras, inv_T, transform_points
 from .item_cache import ItemCache, fingerprint
 from .map_targets import MapRasterizer, MapTargetConfig
@@ -213,6 +214,8 @@ class MultiViewDataset(Dataset):
         if cam.size[0] and (img.shape[1], img.shape[0]) != tuple(cam.size):
             raise DataError(f"{where}: image is {img.shape[1]}x{img.shape[0]} but the info says {cam.size[0]}x"
                             f"{cam.size[1]} (intrinsics would be wrong): {cam.image_path}")
+        if not cam.size[0] and cam.image_path not in self._checked:  # size unknown to the info (mmdet3d)
+            check_intrinsics(cam.pix_T_cam, (img.shape[1], img.shape[0]), f"{where} ({cam.image_path})")
         self._checked.add(cam.image_path)
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from bev_mtl.data.calibration import check_intrinsics, check_rigid
+from bev_mtl.data.errors import DataError
 from bev_mtl.data.geometry import intrinsics_3x3, inv_T
 from bev_mtl.data.sample import Boxes, CameraInfo, SampleInfo
 
@@ -160,16 +162,23 @@ def _label_names(metainfo: dict, pkl_path: Path) -> dict[int, str]:
 
 
 def _camera(name: str, im: dict, global_T_lidar: np.ndarray, global_T_ego: np.ndarray,
-            resolve: _PathResolver, pkl_path: Path) -> CameraInfo:
-    ego_T_cam = _mat(im["cam2ego"], f"images.{name}.cam2ego", pkl_path)
+            resolve: _PathResolver, pkl_path: Path, where: str) -> CameraInfo:
+    # checked as stored, before the chain below is projected back onto rotations (_rigid)
+    ego_T_cam = check_rigid(_mat(im["cam2ego"], f"images.{name}.cam2ego", pkl_path), where, f"images.{name}.cam2ego")
     if "lidar2cam" in im:
-        cam_T_lidar = _mat(im["lidar2cam"], f"images.{name}.lidar2cam", pkl_path)
+        cam_T_lidar = check_rigid(_mat(im["lidar2cam"], f"images.{name}.lidar2cam", pkl_path), where,
+                                  f"images.{name}.lidar2cam")
         # lidar2cam chains through the camera's own ego pose (see module docstring)
         cam_global_T_ego = _rigid(global_T_lidar @ inv_T(cam_T_lidar) @ inv_T(ego_T_cam))
     else:  # nothing better: the LiDAR's ego pose (off by the ego motion between the two times)
         cam_global_T_ego = global_T_ego.copy()
-    K = intrinsics_3x3(im["cam2img"])
     size = (int(im.get("width", 0) or 0), int(im.get("height", 0) or 0))  # not in nuScenes infos
+    try:
+        K = intrinsics_3x3(im["cam2img"])
+    except ValueError as e:
+        raise DataError(f"{where}: images.{name}.cam2img: {e}") from None
+    # without a stored size the principal point is checked when the image is read (dataset.py)
+    K = check_intrinsics(K, size, f"{where} images.{name}.cam2img")
     return CameraInfo(channel=name, image_path=resolve(str(im["img_path"]), f"samples/{name}"),
                       pix_T_cam=K, ego_T_cam=ego_T_cam, global_T_ego=cam_global_T_ego,
                       timestamp=_to_microseconds(im.get("timestamp", 0)), size=size)
@@ -228,7 +237,9 @@ def load_mmdet3d_infos(pkl_path: str | os.PathLike, data_root: str | os.PathLike
     Relative file names are resolved against ``data_root`` then the pkl's folder (see
     ``_PathResolver``); missing files are not an error here. v1.1 infos do not store the scene
     token/name, map location, fine categories, visibility or annotation tokens: those are ''
-    / 0. Raises ``ValueError`` (naming the file and the field) for other formats or versions.
+    / 0. Raises ``ValueError`` (naming the file and the field) for other formats or versions, and
+    ``DataError`` (also naming the sample) for calibration that fails ``calibration.py``'s checks:
+    non-rigid poses, singular intrinsics (the principal point only if a size is stored).
     """
     pkl_path = Path(pkl_path)
     with open(pkl_path, "rb") as f:
@@ -242,10 +253,12 @@ def load_mmdet3d_infos(pkl_path: str | os.PathLike, data_root: str | os.PathLike
             if key not in info:
                 raise ValueError(f"{pkl_path}: data_list[{idx}] has no field '{key}'")
         lp = info["lidar_points"]
-        global_T_ego = _mat(info["ego2global"], "ego2global", pkl_path)
-        ego_T_lidar = _mat(lp["lidar2ego"], "lidar_points.lidar2ego", pkl_path)
+        where = f"{pkl_path}: data_list[{idx}] (sample {info.get('token', info.get('sample_idx', idx))})"
+        global_T_ego = check_rigid(_mat(info["ego2global"], "ego2global", pkl_path), where, "ego2global")
+        ego_T_lidar = check_rigid(_mat(lp["lidar2ego"], "lidar_points.lidar2ego", pkl_path), where,
+                                  "lidar_points.lidar2ego")
         global_T_lidar = global_T_ego @ ego_T_lidar
-        cameras = {name: _camera(name, im, global_T_lidar, global_T_ego, resolve, pkl_path)
+        cameras = {name: _camera(name, im, global_T_lidar, global_T_ego, resolve, pkl_path, where)
                    for name, im in info["images"].items()
                    if im.get("img_path")}  # mmdet3d leaves absent cameras with img_path None
         has_det = "instances" in info

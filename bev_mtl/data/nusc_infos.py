@@ -7,9 +7,11 @@ dict is a ``SampleInfo`` (see ``sample.py``) in plain-dict form. ``metainfo`` ho
 error naming the file and the field (a wrong info version silently shifts every box otherwise).
 
 Every keyframe is checked on creation: all configured cameras present, image files present and
-complete (JPEG end marker), finite and invertible intrinsics, rigid extrinsics, boxes with
-positive size. A failure raises ``DataError`` naming the sample token, the camera and the file;
-``skip_bad=True`` drops such samples instead and reports them.
+complete (JPEG end marker), calibration and poses as stored (``calibration.py``: intrinsics
+invertible with the principal point inside the image, unit quaternions, rigid transforms), boxes
+with positive size. A failure raises ``DataError`` naming the sample token, the camera and the
+file (for calibration: the table, record token and .json file); ``skip_bad=True`` drops such
+samples instead and reports them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pyquaternion import Quaternion
 
 from bev_mtl.atomic import atomic_path
 
+from .calibration import check_intrinsics, check_quaternion, check_rigid
+from .errors import DataError  # noqa: F401  (its historical home: importing it from here keeps working)
 from .geometry import make_T
 from .sample import Boxes, CameraInfo, SampleInfo, TrafficLights
 
@@ -32,12 +36,23 @@ INFO_VERSION = 1
 SIDECAR_NAME = "bev_mtl_extra.json"
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the sample, camera and file."""
+def _pose(rec: dict, where: str) -> np.ndarray:
+    """[4, 4] from a calibrated_sensor / ego_pose record, checked as stored (a quaternion that is
+    not unit is an error, not silently normalised by pyquaternion)."""
+    q = check_quaternion(rec["rotation"], where)
+    t = np.asarray(rec["translation"], np.float64)
+    if t.shape != (3,):
+        raise DataError(f"{where}: translation must have 3 values, got {rec['translation']!r}")
+    return check_rigid(make_T(Quaternion(q).rotation_matrix, t), where, "pose")
 
 
-def _pose(rec: dict) -> np.ndarray:
-    return make_T(Quaternion(rec["rotation"]).rotation_matrix, rec["translation"])
+def _table_where(nusc, table: str, token: str, where: str) -> str:
+    """'<where>: <table> <token> (<file>)': the record a calibration error comes from."""
+    return f"{where}: {table} {token} ({Path(nusc.table_root) / (table + '.json')})"
+
+
+def _table_pose(nusc, table: str, token: str, where: str) -> np.ndarray:
+    return _pose(nusc.get(table, token), _table_where(nusc, table, token, where))
 
 
 def check_image_file(path: str, where: str) -> None:
@@ -58,14 +73,10 @@ def check_image_file(path: str, where: str) -> None:
 
 
 def check_camera(cam: CameraInfo, where: str) -> None:
-    k = np.asarray(cam.pix_T_cam, np.float64)
-    if k.shape != (3, 3) or not np.all(np.isfinite(k)) or abs(np.linalg.det(k)) < 1e-6:
-        raise DataError(f"{where}: intrinsics (pix_T_cam) must be a finite, invertible 3x3 matrix, got {k.tolist()}")
-    for name, t in (("ego_T_cam", cam.ego_T_cam), ("global_T_ego", cam.global_T_ego)):
-        t = np.asarray(t, np.float64)
-        r = t[:3, :3]
-        if not np.all(np.isfinite(t)) or np.abs(r @ r.T - np.eye(3)).max() > 1e-4:
-            raise DataError(f"{where}: {name} is not a finite rigid transform")
+    """Intrinsics usable for the stored image size, both poses rigid (bev_mtl/data/calibration.py)."""
+    check_intrinsics(cam.pix_T_cam, cam.size, where)
+    check_rigid(cam.ego_T_cam, where, "ego_T_cam")
+    check_rigid(cam.global_T_ego, where, "global_T_ego")
 
 
 def check_sample(s: SampleInfo, channels: list[str], check_images: bool = True) -> None:
@@ -108,11 +119,13 @@ def sample_from_tables(nusc, sample: dict, extra: dict) -> SampleInfo:
         sd = nusc.get("sample_data", tok)
         if sd["sensor_modality"] != "camera":
             continue
-        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        k = np.asarray(cs["camera_intrinsic"], np.float64)
-        cams.append(CameraInfo(ch, str(root / sd["filename"]), k, _pose(cs),
-                               _pose(nusc.get("ego_pose", sd["ego_pose_token"])), int(sd["timestamp"]),
-                               (int(sd["width"]), int(sd["height"]))))
+        where = f"sample {sample['token']} {ch}"
+        cs_token, size = sd["calibrated_sensor_token"], (int(sd["width"]), int(sd["height"]))
+        k = check_intrinsics(nusc.get("calibrated_sensor", cs_token)["camera_intrinsic"], size,
+                             _table_where(nusc, "calibrated_sensor", cs_token, where))
+        ego_T_cam = _table_pose(nusc, "calibrated_sensor", cs_token, where)
+        global_T_ego = _table_pose(nusc, "ego_pose", sd["ego_pose_token"], where)
+        cams.append(CameraInfo(ch, str(root / sd["filename"]), k, ego_T_cam, global_T_ego, int(sd["timestamp"]), size))
     anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
     ann_extra = extra.get("annotations", {})
     boxes = Boxes(
@@ -128,6 +141,7 @@ def sample_from_tables(nusc, sample: dict, extra: dict) -> SampleInfo:
         visibility=np.array([int(a["visibility_token"] or 0) for a in anns], np.int64),
         token=[a["token"] for a in anns],
         blinker=[ann_extra.get(a["token"], {}).get("blinker") for a in anns])
+    lidar_where = f"sample {sample['token']} LIDAR_TOP"
     lights = None
     if sample["token"] in extra.get("traffic_lights", {}):
         recs = extra["traffic_lights"][sample["token"]]
@@ -141,9 +155,9 @@ def sample_from_tables(nusc, sample: dict, extra: dict) -> SampleInfo:
             visibility=np.array([r.get("visibility", np.nan) for r in recs], np.float64))
     return SampleInfo(token=sample["token"], scene_token=scene["token"], scene_name=scene["name"],
                       timestamp=int(sample["timestamp"]), location=log["location"],
-                      global_T_ego=_pose(nusc.get("ego_pose", lidar["ego_pose_token"])),
+                      global_T_ego=_table_pose(nusc, "ego_pose", lidar["ego_pose_token"], lidar_where),
                       lidar_path=str(root / lidar["filename"]),
-                      ego_T_lidar=_pose(nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])),
+                      ego_T_lidar=_table_pose(nusc, "calibrated_sensor", lidar["calibrated_sensor_token"], lidar_where),
                       cameras=cams, boxes=boxes, traffic_lights=lights,
                       labelled={"det": True, "map": True, "blinker": bool(ann_extra), "light": lights is not None})
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from pyquaternion import Quaternion
 
+from ..data.calibration import check_intrinsics, check_quaternion
 from ..data.geometry import make_T, yaw_T
 
 
@@ -111,7 +112,7 @@ def rig_from_dict(d: dict, source: str = "<dict>") -> Rig:
             if "channel" not in c:
                 raise ValueError(f"{where}: missing 'channel'")
             if "rotation" in c:
-                rot = Quaternion(c["rotation"]).rotation_matrix
+                rot = Quaternion(check_quaternion(c["rotation"], where)).rotation_matrix  # unit, not normalised
             else:
                 rot = camera_rotation(float(c.get("yaw_deg", 0.0)), float(c.get("pitch_deg", 0.0)))
             if "intrinsic" in c:
@@ -122,8 +123,7 @@ def rig_from_dict(d: dict, source: str = "<dict>") -> Rig:
                 k = np.array([[c["f"], 0, ref_w / 2], [0, c["f"], ref_h / 2], [0, 0, 1]], dtype=np.float64)
             else:
                 raise ValueError(f"{where}: needs 'intrinsic' or 'fov_deg'")
-            if k.shape != (3, 3) or not np.all(np.isfinite(k)) or abs(np.linalg.det(k)) < 1e-9:
-                raise ValueError(f"{where}: intrinsic must be a finite, invertible 3x3 matrix")
+            k = check_intrinsics(k, (ref_w, ref_h), where)  # the tables written must pass create_data's checks
             if "translation" not in c:
                 raise ValueError(f"{where}: missing 'translation'")
             cams.append(CameraSpec(c["channel"], k, make_T(rot, c["translation"])))
