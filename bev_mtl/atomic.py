@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 __all__ = ["DiskFullError", "atomic_path", "atomic_paths", "atomic_set", "atomic_write_text",
-           "check_writable", "remove_stale_temps"]
+           "check_writable", "pid_alive", "remove_stale_temps"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _OTHER_HOST_GRACE_S = 3600.0
@@ -49,16 +49,20 @@ class DiskFullError(OSError):
         return str(self.strerror)
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC anywhere in the chain: torch.save turns a failed write of its file object into
-    RuntimeError('unexpected pos ...') with the OSError as its context."""
+def _full_disk_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC / EDQUOT error anywhere in the chain, or None. torch.save turns a failed write of
+    its file object into RuntimeError('unexpected pos ...') with the OSError as its context."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FULL:
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return _full_disk_cause(exc) is not None
 
 
 def _temp_prefix(name: str) -> str:
@@ -81,17 +85,14 @@ def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     was written and fsynced; an error before that leaves all of ``paths`` untouched."""
     paths = [Path(p) for p in paths]
     tmps: list[Path] = []
-    current = paths[0] if paths else Path(".")
     try:
         for path in paths:
-            current = path
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
             os.close(fd)
             tmps.append(Path(name))
         yield tmps
-        for path, tmp in zip(paths, tmps):
-            current = path
+        for tmp in tmps:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
@@ -101,17 +102,19 @@ def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
         if _is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise DiskFullError(_full_path(e, paths, current)) from e
+            raise DiskFullError(_full_path(e, paths)) from e
         raise
 
 
-def _full_path(exc: BaseException, paths: list[Path], current: Path) -> Path:
-    """The file being written when the disk filled: the one whose temp the error names, if any."""
-    text = str(getattr(exc, "filename", "") or "")
+def _full_path(exc: BaseException, paths: list[Path]) -> Path:
+    """The file being written when the disk filled (the one whose temp the error names), else
+    the single target, else their folder."""
+    cause = _full_disk_cause(exc)
+    text = str(getattr(cause, "filename", "") or "")
     for path in paths:
-        if text and path.name in text:
+        if text and f".{path.name}." in text:
             return path
-    return current if len(paths) == 1 or current != paths[0] else paths[0]
+    return paths[0] if len(paths) == 1 else paths[0].parent
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -188,8 +191,13 @@ def _in_flight(p: Path, pid: str | None, host: str | None) -> bool:
             return time.time() - p.stat().st_mtime < _OTHER_HOST_GRACE_S
         except OSError:
             return False
+    return pid_alive(int(pid))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, someone else's

@@ -321,14 +321,14 @@ def create_infos(dataroot: str | os.PathLike, version: str, out_dir: str | os.Pa
     root = Path(dataroot)
     if not (root / version).is_dir():
         raise DataError(f"{root}: no table folder '{version}' (expected {root / version})")
+    out_dir = Path(out_dir or root)
+    check_writable(out_dir, "info file folder")  # before minutes of table loading and walking
+    remove_stale_temps(out_dir)  # info-file temps of an interrupted earlier run
     nusc = open_nuscenes(root, version)
     extra = _load_sidecar(Path(extra_path) if extra_path else root / version / SIDECAR_NAME)
     splits = splits or default_splits(nusc)
     # Every camera of the sensor table must be in every keyframe (the rig, not one sample, decides).
     channels = [s["channel"] for s in nusc.sensor if s["modality"] == "camera"]
-    out_dir = Path(out_dir or root)
-    check_writable(out_dir, "info file folder")  # before minutes of table walking
-    remove_stale_temps(out_dir)
     built = {split: build_infos(nusc, scenes, channels, extra, check_images, skip_bad, progress)
              for split, scenes in splits.items()}  # every split checked before any file is replaced
     files = {out_dir / f"bev_mtl_infos_{split}.pkl": (samples, {
