@@ -27,8 +27,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-__all__ = ["DiskFullError", "atomic_path", "atomic_paths", "atomic_set", "atomic_write_text",
-           "check_writable", "pid_alive", "remove_stale_temps"]
+__all__ = ["DiskFullError", "NotWritableError", "OutputError", "atomic_path", "atomic_paths", "atomic_set",
+           "atomic_write_text", "check_writable", "pid_alive", "remove_stale_temps"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _OTHER_HOST_GRACE_S = 3600.0
@@ -37,16 +37,27 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _TEMP_RE = re.compile(r"^\..+?\.(?:(\d+)@([A-Za-z0-9-]+)\.)?[^.]+\.tmp$")
 
 
-class DiskFullError(OSError):
-    """The disk (or quota) filled up while writing ``path``; what was there before is unchanged."""
+class OutputError(OSError):
+    """An output that cannot be written; ``str()`` is the plain one-line message (no '[Errno n]')."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__(errno.ENOSPC, f"no space left on {path} (free some space and re-run; "
-                                       f"the previous file is unchanged)")
+    def __init__(self, code: int, message: str, path: str | os.PathLike) -> None:
+        super().__init__(code, message)
         self.path = str(path)
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class DiskFullError(OutputError):
+    """The disk (or quota) filled up while writing ``path``; what was there before is unchanged."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on {path} (free some space and re-run; "
+                                       f"the previous file is unchanged)", path)
+
+
+class NotWritableError(OutputError):
+    """An output folder that cannot be created or written to."""
 
 
 def _full_disk_cause(exc: BaseException | None) -> OSError | None:
@@ -176,8 +187,8 @@ def check_writable(directory: str | os.PathLike, what: str = "output directory")
     except OSError as e:
         if _is_disk_full(e):
             raise DiskFullError(directory) from None
-        raise PermissionError(errno.EACCES, f"{what} {directory} is not writable "
-                                            f"({e.strerror or type(e).__name__})") from None
+        raise NotWritableError(e.errno or errno.EACCES, f"{what} {directory} is not writable "
+                               f"({e.strerror or type(e).__name__})", directory) from None
     return directory
 
 

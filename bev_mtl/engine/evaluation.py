@@ -29,6 +29,7 @@ import torch
 
 from bev_mtl.atomic import atomic_set, remove_stale_temps
 from bev_mtl.data.dataset import Vocabularies
+from bev_mtl.data.nusc_infos import DataError, open_nuscenes
 from bev_mtl.data.sample import SampleInfo
 from bev_mtl.models.det_head import DET_CLASSES, det_class_names, to_nuscenes
 
@@ -320,13 +321,16 @@ def run_detection_eval(dataroot: str, version: str, split: str, result_path: str
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
 
-    from bev_mtl.data.nusc_infos import open_nuscenes
-
     nusc = open_nuscenes(dataroot, version)
-    with _only_tokens(tokens):
-        ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), result_path, eval_set=split,
-                           output_dir=out_dir, verbose=verbose)
-    summary = ev.main(plot_examples=0, render_curves=False)
+    try:
+        with _only_tokens(tokens):
+            ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), result_path, eval_set=split,
+                               output_dir=out_dir, verbose=verbose)
+        summary = ev.main(plot_examples=0, render_curves=False)
+    except (AssertionError, Exception) as e:
+        if type(e) not in (Exception, AssertionError):  # the devkit raises bare ones; others are ours
+            raise
+        raise DataError(f"the nuScenes devkit could not evaluate split {split!r} of {dataroot}: {e}") from e
     return {k: summary[k] for k in ("mean_ap", "nd_score", "tp_errors", "mean_dist_aps", "label_tp_errors",
                                     "eval_time") if k in summary}
 

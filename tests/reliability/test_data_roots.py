@@ -157,7 +157,7 @@ def test_unwritable_info_folder_is_found_before_the_tables_are_read(dataset, tmp
     (dataset / "v1.0-mini" / "sample.json").write_text("{")  # would fail later, if reached
     rc = create_data_main(["nuscenes", "--root", str(dataset), "--out", str(blocker / "infos"), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and f"info file folder {blocker / 'infos'} is not writable" in err
+    assert rc == 2 and f"error: info file folder {blocker / 'infos'} is not writable (" in err
 
 
 def test_stale_info_temps_are_removed_on_the_next_run(dataset):
