@@ -232,3 +232,13 @@ def test_atomic_path_temp_names_carry_their_writer(tmp_path):
         assert remove_stale_temps(tmp_path) == []  # in flight: kept
         tmp.write_text("{}")
     assert (tmp_path / "f.json").read_text() == "{}"
+
+
+def test_unwritable_work_dir_is_found_before_training(tiny_synthetic, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = subprocess.run([sys.executable, "tools/train.py", CONFIG, "--work-dir", str(blocker / "work"),
+                          "--no-progress", "--accelerator", "cpu", "--cfg-options", f"data.root={tiny_synthetic}",
+                          "train.max_steps=1"], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[-1] == f"error: work dir {blocker / 'work'} is not writable (Not a directory)"
