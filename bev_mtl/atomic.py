@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["DiskFullError", "NotWritableError", "OutputError", "atomic_path", "atomic_paths", "atomic_set",

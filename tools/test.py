@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.engine.checkpoint import load_model_weights
     from bev_mtl.engine.config import load_config, to_plain
-    from bev_mtl.engine.evaluation import Evaluator
+    from bev_mtl.engine.evaluation import RESULT_SET, Evaluator
     from bev_mtl.engine.loader import make_loader
     from bev_mtl.models.builder import build_model
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print((out / "metrics.md").read_text())
-    print(f"written: {out / 'results_nusc.json'}, {out / 'metrics.json'}, {out / 'metrics.md'}")
+    print(f"written: {', '.join(str(out / n) for n in RESULT_SET if (out / n).exists())}")
     return 0
 
 

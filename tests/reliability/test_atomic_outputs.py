@@ -166,11 +166,13 @@ def test_full_disk_while_writing_results_keeps_the_previous_set(val_set, previou
 
 
 def test_new_set_replaces_every_member_of_the_old(val_set, previous_set):
-    """A run without predicted boxes writes no results JSON: the old one must not stay beside it."""
-    out, _ = previous_set
+    """A run without predicted boxes runs no devkit: the old devkit tables must not stay beside it."""
+    out, before = previous_set
     evaluate(val_set, out, boxes=False)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "results_nusc.json"]
     assert json.loads((out / "metrics.json").read_text())["detection"]["status"].startswith("no boxes predicted")
+    results = json.loads((out / "results_nusc.json").read_text())["results"]
+    assert results and not any(results.values())  # the new (empty) predictions, not the old ones
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +212,8 @@ def test_split_without_boxes_is_evaluated_without_a_devkit_exception(tiny_synthe
     assert "has no ground-truth boxes" in res.stdout
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert "no ground-truth boxes" in metrics["detection"]["status"]
+    results = json.loads((tmp_path / "test" / "results_nusc.json").read_text())["results"]
+    assert len(results) == metrics["num_samples"]  # still written: a test split is submitted like this
     assert "miou_max" in metrics["map_segmentation"]  # the rest is still evaluated
 
 
