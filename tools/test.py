@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from bev_mtl.atomic import check_writable
+    from bev_mtl.atomic import check_writable, remove_stale_temps
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.engine.checkpoint import load_model_weights
     from bev_mtl.engine.config import load_config, to_plain
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         data = cfg["data"]
         split = args.split or data["val_split"]
         out = check_writable(Path(args.out or Path(args.checkpoint).parent / f"test_{split}"))  # before inference
+        remove_stale_temps(out)  # temps / staging folders an interrupted earlier run left
         model = build_model(cfg["model"])
         load_model_weights(model, args.checkpoint)
         model.to(args.device).eval()

@@ -207,8 +207,12 @@ def test_split_without_boxes_is_evaluated_without_a_devkit_exception(tiny_synthe
     root = tmp_path / "no_boxes"
     shutil.copytree(tiny_synthetic, root, ignore=shutil.ignore_patterns("bev_mtl_debug", "bev_mtl_infos_*.pkl"))
     (root / "v1.0-mini" / "sample_annotation.json").write_text("[]")
+    stale = tmp_path / "test" / f".metrics.json.{dead_pid()}@{_HOST}.zz9.tmp"  # left by a killed run
+    stale.parent.mkdir()
+    stale.write_text("{")
     res = run_test_tool(root, random_ckpt, tmp_path / "test")
     assert res.returncode == 0, res.stderr[-3000:]
+    assert not stale.exists()
     assert "has no ground-truth boxes" in res.stdout
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert "no ground-truth boxes" in metrics["detection"]["status"]
