@@ -7,11 +7,12 @@
 Writes to --out (default: <checkpoint dir>/test_<split>): results_nusc.json (nuScenes results
 format: every sample token of the split, global frame, learned attributes), the devkit's
 evaluation under nusc_eval/, metrics.json (every section; "not labelled" where the data has no
-such labels) and metrics.md, and prints the tables. Detection: the devkit's DetectionEval with
-detection_cvpr_2019 (mAP, NDS, TP errors, per-class AP). Map: IoU per class, max over thresholds
-0.35-0.65 (BEVFusion protocol) and at 0.5. Attributes: accuracy and macro-F1 of vehicle type,
-blinker, traffic-light colour (and the nuScenes attribute) on labelled GT objects matched to a
-prediction of the same class within 2 m.
+such labels) and metrics.md, and prints the tables. The four are replaced as one set only when
+the run succeeds (a failed run leaves the previous set); --out is checked for writability first.
+Detection: the devkit's DetectionEval with detection_cvpr_2019 (mAP, NDS, TP errors, per-class
+AP). Map: IoU per class, max over thresholds 0.35-0.65 (BEVFusion protocol) and at 0.5.
+Attributes: accuracy and macro-F1 of vehicle type, blinker, traffic-light colour (and the
+nuScenes attribute) on labelled GT objects matched to a prediction of the same class within 2 m.
 
 --onnx FILE scores an exported graph instead (ONNX Runtime, one sample per run, decoded in
 PyTorch as in deployment): e.g. the accuracy cost of tools/export.py --int8.
@@ -62,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from bev_mtl.atomic import check_writable, remove_stale_temps
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.engine.checkpoint import load_model_weights
     from bev_mtl.engine.config import load_config, to_plain
-    from bev_mtl.engine.evaluation import Evaluator
+    from bev_mtl.engine.evaluation import RESULT_SET, Evaluator
     from bev_mtl.engine.loader import make_loader
     from bev_mtl.models.builder import build_model
 
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = to_plain(load_config(args.config, args.cfg_options).to_dict())
         data = cfg["data"]
         split = args.split or data["val_split"]
-        out = Path(args.out or Path(args.checkpoint).parent / f"test_{split}")
+        out = check_writable(Path(args.out or Path(args.checkpoint).parent / f"test_{split}"))  # before inference
+        remove_stale_temps(out)  # temps / staging folders an interrupted earlier run left
         model = build_model(cfg["model"])
         load_model_weights(model, args.checkpoint)
         model.to(args.device).eval()
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{list(model.input_size)}")
             if onnx.fixed_rig:
                 print(f"note: {args.onnx} has a fixed rig baked in: the samples' own calibration is not used")
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:  # OSError: unwritable --out, missing files
         print(f"error: {e}", file=sys.stderr)
         return 2
     loader = make_loader(dataset, args.batch_size or int(data.get("val_batch_size", 2)), train=False,
@@ -107,10 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             evaluator.process(batch, model.predict(batch_dev) if onnx is None else _onnx_predict(model, onnx, batch))
     infer_s = time.time() - t0
     print(f"inference: {len(dataset)} samples in {infer_s:.1f} s; running the nuScenes evaluation ...")
-    evaluator.evaluate()
+    try:
+        evaluator.evaluate()
+    except (ValueError, OSError) as e:  # e.g. "no space left on <out>": the previous results set is kept
+        print(f"error: {e} (previous results in {out} unchanged)", file=sys.stderr)
+        return 2
     print()
     print((out / "metrics.md").read_text())
-    print(f"written: {out / 'results_nusc.json'}, {out / 'metrics.json'}, {out / 'metrics.md'}")
+    print(f"written: {', '.join(str(out / n) for n in RESULT_SET if (out / n).exists())}")
     return 0
 
 

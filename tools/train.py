@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_training(args)
-    except (ValueError, FileNotFoundError) as e:  # config / data / checkpoint problems: one clear line
+    except (ValueError, OSError) as e:  # config / data / checkpoint problems, unwritable or full disk: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

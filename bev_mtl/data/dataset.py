@@ -94,8 +94,9 @@ class MultiViewDataset(Dataset):
     channels to load, in this order (any N); every sample must have exactly these cameras
     (``allow_camera_subset=True`` lets a sample have more, e.g. 6 of an 8-camera rig).
     ``augment``: ``AugmentConfig`` or its dict; ``train`` switches random augmentation on.
-    ``map_config``: ``MapTargetConfig`` / dict, or None for no map targets; maps are read from
-    ``dataroot`` (default: the info file's ``metainfo.dataroot``). ``bev_range``: (x_min, y_min,
+    ``map_config``: ``MapTargetConfig`` / dict, or None for no map targets. ``dataroot``: where
+    every file (images, LiDAR, maps) is read from; info files store paths relative to it (default:
+    the root the info file names relative to its own folder). ``bev_range``: (x_min, y_min,
     x_max, y_max) metres for ``gt_mask``. ``depth_stride``: depth targets at input resolution / s
     (nearest LiDAR return per cell). ``seed``: None draws augmentations from torch's RNG (new
     ones every epoch and per DataLoader worker); an int makes item i of epoch e reproducible
@@ -116,7 +117,7 @@ class MultiViewDataset(Dataset):
                  seed: int | None = None, cache_dir: str | os.PathLike | None = None, boxes_2d: bool = True) -> None:
         meta: dict = {}
         if isinstance(infos, (str, os.PathLike)):
-            meta, samples = load_infos(infos)
+            meta, samples = load_infos(infos, dataroot)  # the run-time root decides where files are read
         else:
             samples = list(infos)
         if len(set(cameras)) != len(cameras) or not cameras:
@@ -221,8 +222,11 @@ class MultiViewDataset(Dataset):
 
     # ------------------------------------------------------------------------------- item
     def _use_cache(self, cache_dir: str | os.PathLike, infos: Any) -> None:
-        src = (os.fspath(infos), os.stat(infos).st_size, os.stat(infos).st_mtime_ns) \
+        # the resolved root too: a copy of the dataset (same info bytes, maybe same mtime) is another key
+        src = (os.path.abspath(infos), os.stat(infos).st_size, os.stat(infos).st_mtime_ns) \
             if isinstance(infos, (str, os.PathLike)) else tuple(s.token for s in self.samples)
+        src = (src, os.path.abspath(self.samples[0].cameras[0].image_path) if self.samples and self.samples[0].cameras
+               else "")
         key = fingerprint(src, self.cameras, self.input_size, self.augment, self.map_config, self.det_classes,
                           self.vocab, self.depth_targets, self.depth_stride, self.depth_range, self.bev_range,
                           self.boxes_2d)

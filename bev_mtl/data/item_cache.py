@@ -52,8 +52,8 @@ class ItemCache:
                 path.unlink(missing_ok=True)
         item = make()
         try:
-            with atomic_path(path) as tmp:
-                torch.save(item, tmp)
-        except OSError:  # a full disk costs the cache, not the training step
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: ENOSPC stays visible
+                torch.save(item, f)
+        except OSError:  # a full disk (DiskFullError) costs the cache, not the training step
             pass
         return item

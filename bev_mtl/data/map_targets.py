@@ -36,7 +36,6 @@ small pieces once, at construction.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -277,7 +276,9 @@ class MapRasterizer:
             if not map_name:
                 raise ValueError("map_name is required with a dataroot")
             path = Path(source) / "maps" / "expansion" / f"{map_name}.json"
-            layers = _layers_from_json(json.loads(path.read_text()), wanted)
+            from .nusc_infos import read_json  # a malformed map is reported with its file name
+
+            layers = _layers_from_json(read_json(path), wanted)
             self.map_name = map_name
         elif hasattr(source, "json_obj"):  # NuScenesMap keeps the parsed JSON; reuse it, no second parse
             layers = _layers_from_json(source.json_obj, wanted)

@@ -6,6 +6,12 @@ dict is a ``SampleInfo`` (see ``sample.py``) in plain-dict form. ``metainfo`` ho
 ``format == "bev_mtl_infos"`` and ``info_version``; ``load_infos`` refuses anything else with an
 error naming the file and the field (a wrong info version silently shifts every box otherwise).
 
+File paths are stored relative to the dataset root (info version 2), so a dataset moved or copied
+with its info files reads everything from where it is now: the root given at run time
+(``data.root``) decides. Version-1 files (absolute paths) are refused with a hint to re-run
+``tools/create_data.py``. All splits are built and checked first and then written as one set:
+a failure leaves every previous info file as it was.
+
 Every keyframe is checked on creation: all configured cameras present, image files present and
 complete (JPEG end marker), calibration and poses as stored (``calibration.py``: intrinsics
 invertible with the principal point inside the image, unit quaternions, rigid transforms), boxes
@@ -19,12 +25,12 @@ import json
 import os
 import pickle
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 from pyquaternion import Quaternion
 
-from bev_mtl.atomic import atomic_path
+from bev_mtl.atomic import atomic_paths, check_writable, remove_stale_temps
 
 from .calibration import check_intrinsics, check_quaternion, check_rigid
 from .errors import DataError  # noqa: F401  (its historical home: importing it from here keeps working)
@@ -32,7 +38,7 @@ from .geometry import make_T
 from .sample import Boxes, CameraInfo, SampleInfo, TrafficLights
 
 INFO_FORMAT = "bev_mtl_infos"
-INFO_VERSION = 1
+INFO_VERSION = 2  # 2: file paths relative to the dataset root (1 stored absolute paths)
 SIDECAR_NAME = "bev_mtl_extra.json"
 
 
@@ -97,10 +103,32 @@ def check_sample(s: SampleInfo, channels: list[str], check_images: bool = True) 
                         f"(lwh={b.lwh[i].tolist()}, centre={b.center[i].tolist()})")
 
 
+def read_json(path: str | os.PathLike) -> object:
+    """``json.load`` whose error names the file (the parser's own message names only line/column)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({e})") from None
+
+
+def open_nuscenes(dataroot: str | os.PathLike, version: str):
+    """The devkit's ``NuScenes``; a malformed table is a ``DataError`` naming its file."""
+    from nuscenes.nuscenes import NuScenes
+
+    try:
+        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        for table in sorted((Path(dataroot) / version).glob("*.json")):
+            read_json(table)  # raises, naming the culprit
+        raise
+
+
 def _load_sidecar(path: Path | None) -> dict:
     if path is None or not Path(path).is_file():
         return {}
-    extra = json.loads(Path(path).read_text())
+    extra = read_json(path)
+    if not isinstance(extra, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(extra).__name__}")
     if extra.get("format") != "bev_mtl_extra":
         raise DataError(f"{path}: field 'format' must be 'bev_mtl_extra', got {extra.get('format')!r}")
     return extra
@@ -166,7 +194,7 @@ def default_splits(nusc) -> dict[str, list[str]]:
     """splits.json of the root if present (synthetic sets, custom splits), else the devkit's."""
     custom = Path(nusc.dataroot) / nusc.version / "splits.json"
     if custom.is_file():
-        return json.loads(custom.read_text())
+        return read_json(custom)
     from nuscenes.utils.splits import create_splits_scenes
 
     s = create_splits_scenes()
@@ -214,18 +242,69 @@ def _from_plain(d: dict) -> SampleInfo:
     return SampleInfo(**d)
 
 
-def save_infos(path: Path, samples: list[SampleInfo], meta: dict) -> None:
-    """Atomic write: a reader never sees a half-written info file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"metainfo": {"format": INFO_FORMAT, "info_version": INFO_VERSION, **meta},
-            "data_list": [_to_plain(s) for s in samples]}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+def _relative(path: str, root: Path, where: str) -> str:
+    """``path`` relative to the dataset root, '/'-separated (the same file on any machine)."""
+    if not path:
+        return ""
+    try:
+        return Path(os.path.abspath(path)).relative_to(root).as_posix()
+    except ValueError:
+        raise DataError(f"{where}: file {path} is not under the dataset root {root}") from None
 
 
-def load_infos(path: str | os.PathLike) -> tuple[dict, list[SampleInfo]]:
-    """(metainfo, samples) of a bev_mtl info file; clear errors for other formats/versions."""
+def _with_paths(d: dict, fix) -> dict:
+    """Plain sample dict with ``fix(path, where)`` applied to its LiDAR and image paths."""
+    d = dict(d)
+    d["lidar_path"] = fix(d["lidar_path"], f"sample {d['token']} LIDAR_TOP")
+    d["cameras"] = [{**c, "image_path": fix(c["image_path"], f"sample {d['token']} {c['channel']}")}
+                    for c in d["cameras"]]
+    return d
+
+
+def save_infos(path: Path, samples: list[SampleInfo], meta: dict, dataroot: str | os.PathLike) -> None:
+    """Atomic write of one info file whose paths are relative to ``dataroot`` (see
+    ``write_info_set`` for several at once)."""
+    write_info_set({Path(path): (samples, meta)}, dataroot)
+
+
+def write_info_set(files: dict[Path, tuple[list[SampleInfo], dict]], dataroot: str | os.PathLike) -> None:
+    """Write all info files or none (``atomic_paths``): a failure on one never leaves another
+    replaced. File paths are stored relative to ``dataroot``; ``metainfo.dataroot`` is the root
+    relative to the info file's folder ('.' when the info files live in the root), so the dataset
+    can be moved anywhere with its info files."""
+    root = Path(os.path.abspath(dataroot))
+    blobs = []
+    for path, (samples, meta) in files.items():
+        rel_root = Path(os.path.relpath(root, os.path.abspath(Path(path).parent))).as_posix()
+        data = {"metainfo": {"format": INFO_FORMAT, "info_version": INFO_VERSION, **meta, "dataroot": rel_root},
+                "data_list": [_with_paths(_to_plain(s), lambda p, w: _relative(p, root, w)) for s in samples]}
+        blobs.append(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+    with atomic_paths(list(files)) as tmps:
+        for tmp, blob in zip(tmps, blobs):
+            tmp.write_bytes(blob)
+
+
+def _rerun_hint(root: Path) -> str:
+    return f"re-run `python tools/create_data.py nuscenes --root {root}`"
+
+
+def _absolute(p: str, root: Path, info: Path) -> str:
+    """A stored (relative) path under the run-time root; an absolute one is an old info file."""
+    if not p:
+        return ""
+    if Path(p).is_absolute() or PureWindowsPath(p).is_absolute():
+        raise DataError(f"{info}: holds absolute file paths ({p}), which would read the data from its old "
+                        f"location; {_rerun_hint(root)}")
+    return str(root / p)
+
+
+def load_infos(path: str | os.PathLike, dataroot: str | os.PathLike | None = None
+               ) -> tuple[dict, list[SampleInfo]]:
+    """(metainfo, samples) of a bev_mtl info file; clear errors for other formats/versions.
+
+    Every file is read from ``dataroot`` (the run-time root, e.g. the config's ``data.root``);
+    without it, from the root the info file names relative to its own folder. The samples carry
+    absolute paths under that root and ``metainfo['dataroot']`` is that root, absolute."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"info file not found: {path}")
@@ -234,36 +313,41 @@ def load_infos(path: str | os.PathLike) -> tuple[dict, list[SampleInfo]]:
             data = pickle.load(f)
         except Exception as e:  # truncated / not a pickle
             raise DataError(f"{path}: not a readable info file ({type(e).__name__}: {e})") from None
-    meta = data.get("metainfo", {}) if isinstance(data, dict) else {}
+    meta = dict(data.get("metainfo", {})) if isinstance(data, dict) else {}
     if meta.get("format") != INFO_FORMAT:
         hint = " (an mmdetection3d info file? read it with bev_mtl.data.mmdet3d_infos)" if "data_list" in data else ""
         raise DataError(f"{path}: metainfo.format is {meta.get('format')!r}, expected {INFO_FORMAT!r}{hint}")
+    stored = meta.get("dataroot") or "."
+    root = Path(os.path.abspath(dataroot if dataroot is not None else path.parent / stored))
+    if meta.get("info_version") == 1:  # version 1 stored absolute paths
+        raise DataError(f"{path}: an old info file with absolute paths (info version 1); {_rerun_hint(root)}")
     if meta.get("info_version") != INFO_VERSION:
         raise DataError(f"{path}: metainfo.info_version is {meta.get('info_version')!r}, this code reads "
                         f"{INFO_VERSION}; re-create it with tools/create_data.py")
-    return meta, [_from_plain(d) for d in data["data_list"]]
+    meta["dataroot"] = str(root)
+    return meta, [_from_plain(_with_paths(d, lambda p, w: _absolute(p, root, path))) for d in data["data_list"]]
 
 
 def create_infos(dataroot: str | os.PathLike, version: str, out_dir: str | os.PathLike | None = None,
                  extra_path: str | os.PathLike | None = None, splits: dict[str, list[str]] | None = None,
                  check_images: bool = True, skip_bad: bool = False, progress: bool = True) -> dict:
     """Write ``bev_mtl_infos_<split>.pkl`` per split; returns {split: (path, n_samples, skipped)}."""
-    from nuscenes.nuscenes import NuScenes
-
     root = Path(dataroot)
     if not (root / version).is_dir():
         raise DataError(f"{root}: no table folder '{version}' (expected {root / version})")
-    nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    out_dir = Path(out_dir or root)
+    check_writable(out_dir, "info file folder")  # before minutes of table loading and walking
+    remove_stale_temps(out_dir)  # info-file temps of an interrupted earlier run
+    nusc = open_nuscenes(root, version)
     extra = _load_sidecar(Path(extra_path) if extra_path else root / version / SIDECAR_NAME)
     splits = splits or default_splits(nusc)
     # Every camera of the sensor table must be in every keyframe (the rig, not one sample, decides).
     channels = [s["channel"] for s in nusc.sensor if s["modality"] == "camera"]
-    out_dir = Path(out_dir or root)
-    result = {}
-    for split, scenes in splits.items():
-        samples, skipped = build_infos(nusc, scenes, channels, extra, check_images, skip_bad, progress)
-        path = out_dir / f"bev_mtl_infos_{split}.pkl"
-        save_infos(path, samples, {"dataroot": str(root.resolve()), "version": version, "split": split,
-                                   "cameras": channels, "has_extra": bool(extra), "skipped": skipped})
-        result[split] = (path, len(samples), skipped)
-    return result
+    built = {split: build_infos(nusc, scenes, channels, extra, check_images, skip_bad, progress)
+             for split, scenes in splits.items()}  # every split checked before any file is replaced
+    files = {out_dir / f"bev_mtl_infos_{split}.pkl": (samples, {
+        "version": version, "split": split, "cameras": channels, "has_extra": bool(extra), "skipped": skipped})
+        for split, (samples, skipped) in built.items()}
+    write_info_set(files, root)
+    return {split: (out_dir / f"bev_mtl_infos_{split}.pkl", len(samples), skipped)
+            for split, (samples, skipped) in built.items()}

@@ -17,7 +17,7 @@ import numpy as np
 @dataclass
 class CameraInfo:
     channel: str
-    image_path: str  # absolute path
+    image_path: str  # absolute in memory; info files store it relative to the dataset root
     pix_T_cam: np.ndarray  # [3, 3] intrinsics at the stored image size
     ego_T_cam: np.ndarray  # [4, 4] camera -> ego (the ego pose at this camera's own timestamp)
     global_T_ego: np.ndarray  # [4, 4] ego pose at this camera's timestamp
@@ -82,7 +82,7 @@ class SampleInfo:
     timestamp: int
     location: str  # map name
     global_T_ego: np.ndarray  # [4, 4] ego pose at the keyframe LiDAR timestamp
-    lidar_path: str
+    lidar_path: str  # as image_path ('' if none)
     ego_T_lidar: np.ndarray  # [4, 4]
     cameras: list[CameraInfo]
     boxes: Boxes

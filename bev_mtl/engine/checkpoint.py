@@ -30,9 +30,11 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through ``atomic_path``: a kill mid-write leaves the previous file intact."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through ``atomic_path``: a kill mid-write leaves the previous file intact.
+    Saved through a Python file object so a full disk surfaces as ENOSPC (``DiskFullError``: "no
+    space left on <path>") instead of torch's bare "unexpected pos"."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

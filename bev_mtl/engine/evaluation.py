@@ -3,10 +3,12 @@
 Data flow: ``process(batch, predictions)`` per batch (any rank) -> per sample nuScenes result
 boxes (global frame, via ``to_nuscenes``), map confusion counts at every threshold, and
 predicted-vs-GT attribute pairs of matched objects -> ``evaluate()`` (rank 0 after a gather)
-writes ``results_nusc.json`` atomically, runs the devkit's ``DetectionEval``
-(detection_cvpr_2019) on exactly the processed samples, and returns one flat metrics dict; the
-full report (every section, "not labelled" where the data has no such labels) goes to
-``metrics.json`` and ``metrics.md``.
+writes ``results_nusc.json``, runs the devkit's ``DetectionEval`` (detection_cvpr_2019) on
+exactly the processed samples, and returns one flat metrics dict; the full report (every
+section, "not labelled" where the data has no such labels) goes to ``metrics.json`` and
+``metrics.md``. The four (``RESULT_SET``, with the devkit's per-class tables in ``nusc_eval/``)
+are written as one unit (``atomic_set``): a run that fails part-way leaves the previous complete
+set. A split without ground-truth boxes is reported as such instead of failing in the devkit.
 
 Map IoU protocols: BEVFusion's (per class the max over thresholds 0.35..0.65 of the
 dataset-level IoU) and a fixed threshold of 0.5. Attributes (``attribute_metrics.py``): on
@@ -29,13 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from bev_mtl.atomic import atomic_write_text
+from bev_mtl.atomic import atomic_set, remove_stale_temps
 from bev_mtl.data.dataset import EMERGENCY_AS, Vocabularies
+from bev_mtl.data.nusc_infos import DataError, open_nuscenes
 from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
 from bev_mtl.data.sample import SampleInfo
 from bev_mtl.models.det_head import DET_CLASSES, det_class_names, to_nuscenes
 
-__all__ = ["Evaluator", "MAP_THRESHOLDS", "format_report"]
+__all__ = ["Evaluator", "MAP_THRESHOLDS", "RESULT_SET", "format_report"]
+
+RESULT_SET = ("results_nusc.json", "nusc_eval", "metrics.json", "metrics.md")  # one run's outputs, one unit
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * k, 2) for k in range(7))  # 0.35 .. 0.65 (0.5 included)
 ATTR_TASKS = {"vehicle_type": "vehicle_types", "blinker": "blinker", "light": "light", "attr": "attributes"}
@@ -229,49 +234,43 @@ class Evaluator:
 
     # ----------------------------------------------------------------------------- score
     def evaluate(self, verbose: bool = False) -> dict[str, float]:
-        """Write results + reports under ``out_dir``; return the flat metrics (``nds``, ``map``, ...)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        report: dict[str, Any] = {"split": self.split, "num_samples": len(self.results)}
-        report["detection"] = self._detection(verbose)
-        report["map_segmentation"] = self._map_report()
-        report["attributes"] = self._attr_report()
-        report["attributes_gt_boxes"] = self._gt_attr_report()
-        report["traffic_lights"] = recall_report({d: self.lights[f"matched@{d:g}"] for d in LIGHT_DISTANCES},
-                                                 self.lights["gt"], self.lights["predictions"]) \
-            if self.lights["gt"] else "no traffic lights"
-        atomic_write_text(self.out_dir / "metrics.json", json.dumps(_nan_to_none(report), indent=2))
-        atomic_write_text(self.out_dir / "metrics.md", format_report(report))
-        flat: dict[str, float] = {}
-        det = report["detection"]
-        if "nd_score" in det:
-            flat.update(nds=det["nd_score"], mAP=det["mean_ap"])
-        seg = report["map_segmentation"]
-        if "miou_max" in seg:
-            flat.update(miou=seg["miou_max"], miou_05=seg["miou_0.5"])
-            flat.update({f"iou/{c}": v for c, v in seg["iou_max"].items() if not np.isnan(v)})
-        for task, r in report["attributes"].items():
-            if isinstance(r, dict) and r.get("accuracy") is not None:
-                flat[f"acc/{task}"] = r["accuracy"]
-        for task, r in report["attributes_gt_boxes"].items():
-            if r.get("accuracy") is not None:
-                flat[f"gt_boxes_acc/{task}"], flat[f"gt_boxes_f1/{task}"] = r["accuracy"], r["macro_f1"]
-        if isinstance(report["traffic_lights"], dict) and report["traffic_lights"]["recall@2m"] is not None:
-            flat["light_recall@2m"] = report["traffic_lights"]["recall@2m"]
-        return flat
+        """Write results + reports under ``out_dir`` (all of ``RESULT_SET`` or, on failure, none);
+        return the flat metrics (``nds``, ``map``, ...)."""
+        remove_stale_temps(self.out_dir)  # staging folders of an interrupted earlier run
+        with atomic_set(self.out_dir, RESULT_SET) as stage:
+            report: dict[str, Any] = {"split": self.split, "num_samples": len(self.results)}
+            report["detection"] = self._detection(stage, verbose)
+            report["map_segmentation"] = self._map_report()
+            report["attributes"] = self._attr_report()
+            report["attributes_gt_boxes"] = self._gt_attr_report()
+            report["traffic_lights"] = recall_report({d: self.lights[f"matched@{d:g}"] for d in LIGHT_DISTANCES},
+                                                     self.lights["gt"], self.lights["predictions"]) \
+                if self.lights["gt"] else "no traffic lights"
+            (stage / "metrics.json").write_text(json.dumps(_nan_to_none(report), indent=2))
+            (stage / "metrics.md").write_text(format_report(report))
+        return _flat_metrics(report)
 
-    def _detection(self, verbose: bool) -> dict:
+    def _has_gt_boxes(self) -> bool:
+        """Whether any evaluated sample holds a box of a detection class (the devkit raises without)."""
+        return any(any(s.boxes.detection_name) for t in self.results if (s := self.samples.get(t)) is not None)
+
+    def _detection(self, stage: Path, verbose: bool) -> dict:
         if not self.has_det:
             return {"status": "no detection head"}
         if not self.results:
             return {"status": "no samples"}
+        # written in every case: e.g. the nuScenes test split has no boxes but is submitted as results
+        result_path = stage / "results_nusc.json"
+        meta = {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False}
+        result_path.write_text(json.dumps({"meta": meta, "results": self.results}))
+        if not self._has_gt_boxes():  # the devkit would raise 'Invalid box type: None'
+            return {"status": f"split {self.split!r} has no ground-truth boxes in its {len(self.results)} "
+                              f"evaluated samples: detection not evaluated (predictions in results_nusc.json)"}
         if not any(self.results.values()):
             return {"status": "no boxes predicted (the devkit needs at least one): NDS 0, mAP 0",
                     "nd_score": 0.0, "mean_ap": 0.0}
-        result_path = self.out_dir / "results_nusc.json"
-        meta = {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False}
-        atomic_write_text(result_path, json.dumps({"meta": meta, "results": self.results}))
         return run_detection_eval(self.dataroot, self.version, self.split, str(result_path),
-                                  str(self.out_dir / "nusc_eval"), set(self.results), verbose)
+                                  str(stage / "nusc_eval"), set(self.results), verbose)
 
     def _map_report(self) -> dict:
         if not self.map_classes:
@@ -313,6 +312,27 @@ class Evaluator:
                 for task, pairs in self.gt_pairs.items() if pairs}
 
 
+def _flat_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    det = report["detection"]
+    if "nd_score" in det:
+        flat.update(nds=det["nd_score"], mAP=det["mean_ap"])
+    seg = report["map_segmentation"]
+    if "miou_max" in seg:
+        flat.update(miou=seg["miou_max"], miou_05=seg["miou_0.5"])
+        flat.update({f"iou/{c}": v for c, v in seg["iou_max"].items() if not np.isnan(v)})
+    for task, r in report["attributes"].items():
+        if isinstance(r, dict) and r.get("accuracy") is not None:
+            flat[f"acc/{task}"] = r["accuracy"]
+    for task, r in report["attributes_gt_boxes"].items():
+        if r.get("accuracy") is not None:
+            flat[f"gt_boxes_acc/{task}"], flat[f"gt_boxes_f1/{task}"] = r["accuracy"], r["macro_f1"]
+    lights = report["traffic_lights"]
+    if isinstance(lights, dict) and lights["recall@2m"] is not None:
+        flat["light_recall@2m"] = lights["recall@2m"]
+    return flat
+
+
 @contextmanager
 def _only_tokens(tokens: set[str]):
     """Restrict the devkit's GT loading to ``tokens`` (evaluation of a subset of a split)."""
@@ -340,15 +360,19 @@ def _only_tokens(tokens: set[str]):
 def run_detection_eval(dataroot: str, version: str, split: str, result_path: str, out_dir: str,
                        tokens: set[str], verbose: bool = False) -> dict:
     """The devkit's DetectionEval on the samples in ``tokens``: its metrics summary dict."""
-    from nuscenes import NuScenes
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
 
-    nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
-    with _only_tokens(tokens):
-        ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), result_path, eval_set=split,
-                           output_dir=out_dir, verbose=verbose)
-    summary = ev.main(plot_examples=0, render_curves=False)
+    nusc = open_nuscenes(dataroot, version)
+    try:
+        with _only_tokens(tokens):
+            ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), result_path, eval_set=split,
+                               output_dir=out_dir, verbose=verbose)
+        summary = ev.main(plot_examples=0, render_curves=False)
+    except (AssertionError, Exception) as e:
+        if type(e) not in (Exception, AssertionError):  # the devkit raises bare ones; others are ours
+            raise
+        raise DataError(f"the nuScenes devkit could not evaluate split {split!r} of {dataroot}: {e}") from e
     return {k: summary[k] for k in ("mean_ap", "nd_score", "tp_errors", "mean_dist_aps", "label_tp_errors",
                                     "eval_time") if k in summary}
 

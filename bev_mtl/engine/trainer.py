@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from bev_mtl.atomic import check_writable, remove_stale_temps
 from bev_mtl.data.builder import build_dataset, check_data_cfg
 from bev_mtl.engine.callbacks import AtomicCheckpointIO, RankConsistency, ResumeSync
 from bev_mtl.engine.config import load_config, to_plain
@@ -113,7 +114,9 @@ def run_training(args: argparse.Namespace) -> L.Trainer:
     # datasets after the Trainer: in DDP every process builds its own (the rank is known now)
     rank, world = trainer.global_rank, trainer.world_size
     if rank == 0:
-        work_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(work_dir, "work dir")  # before datasets and steps, not at the first checkpoint
+        # temps of checkpoint / cache writes an interrupted earlier run left (live writers' are kept)
+        remove_stale_temps(work_dir, *(p for p in (work_dir / "item_cache").glob("*") if p.is_dir()))
         cfg_file.dump(str(work_dir / "config.py"))
     # finished items are kept in the work dir when they cannot change between epochs (augment='off')
     train_set = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=seed,

@@ -99,6 +99,16 @@ def is_complete(root: Path) -> bool:
     return (Path(root) / MARKER_NAME).is_file()
 
 
+def _remove_stale_builds(root: Path) -> None:
+    """Build folders of runs killed before their own cleanup (their pid no longer runs), and ours."""
+    from bev_mtl.atomic import pid_alive
+
+    for p in root.resolve().parent.glob(f".{root.name}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def generate(opts: GenerateOptions, progress: Callable[[int], None] | None = None) -> Summary:
     """Generate the dataset described by `opts`; `progress(n_samples_done)` is called per scene."""
     rig = opts.validate()
@@ -109,7 +119,7 @@ def generate(opts: GenerateOptions, progress: Callable[[int], None] | None = Non
     start = time.time()
     version, names, is_val = split_plan(opts.scenes)
     tmp = root.resolve().parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_builds(root)
     try:
         channels = [c.channel for c in rig.cameras]
         for sub in [f"samples/{c}" for c in channels] + ["samples/LIDAR_TOP", "sweeps/LIDAR_TOP", "maps/expansion"]:
