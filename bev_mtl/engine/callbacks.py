@@ -11,10 +11,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from bev_mtl.atomic import atomic_path
+from bev_mtl.atomic import atomic_path, atomic_write_text
 from bev_mtl.engine.checkpoint import atomic_save, load_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "ResumableCSVLogger", "ResumeSync"]
+__all__ = ["AtomicCheckpointIO", "ResumableCSVLogger", "ResumeSync", "SaveConfig"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -141,3 +141,16 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = (_AppendingWriter if self.resume else ExperimentWriter)(log_dir=self.log_dir)
         return self._experiment
+
+
+class SaveConfig(L.Callback):
+    """Writes the resolved config (``config.py``) beside the checkpoints when training starts, i.e.
+    after a resumed checkpoint was found to fit it: a config that does not fit the checkpoint
+    must not replace the one that does (the mismatch error points the user at that file)."""
+
+    def __init__(self, text: str, path: str | os.PathLike) -> None:
+        self.text, self.path = text, path
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, self.text)

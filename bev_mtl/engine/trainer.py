@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from bev_mtl.data.builder import build_dataset, check_data_cfg
-from bev_mtl.engine.callbacks import AtomicCheckpointIO, RankConsistency, ResumableCSVLogger, ResumeSync
+from bev_mtl.engine.callbacks import AtomicCheckpointIO, RankConsistency, ResumableCSVLogger, ResumeSync, SaveConfig
 from bev_mtl.engine.config import config_errors, load_config, to_plain
 from bev_mtl.engine.guards import check_training_labels
 from bev_mtl.engine.lit_module import BEVMTLModule
@@ -79,15 +79,16 @@ def run_training(args: argparse.Namespace) -> L.Trainer:
         module = BEVMTLModule(cfg["model"], cfg.get("optim", {}), cfg.get("schedule", {}), train_cfg,
                               cfg.get("mtl"), evaluator=_make_evaluator(cfg, work_dir))
     ckpt_path = resolve_resume(args.resume, work_dir)
-    trainer = _make_trainer(args, train_cfg, work_dir, deterministic, resumed=ckpt_path is not None)
+    trainer = _make_trainer(args, train_cfg, work_dir, deterministic, resumed=ckpt_path is not None,
+                            config_text=cfg_file.dump())
     # one run per work dir: rank 0 holds the lock for every rank until the run ends, also on errors
     with work_dir_lock(work_dir, " ".join(sys.argv), enabled=trainer.global_rank == 0):
-        _fit(trainer, module, cfg_file, cfg, args, work_dir, seed, ckpt_path)
+        _fit(trainer, module, cfg, args, work_dir, seed, ckpt_path)
     return trainer
 
 
 def _make_trainer(args: argparse.Namespace, train_cfg: dict, work_dir: Path, deterministic: bool,
-                  resumed: bool) -> L.Trainer:
+                  resumed: bool, config_text: str) -> L.Trainer:
     devices: Any = args.devices if args.devices == "auto" else int(args.devices)
     accelerator = args.accelerator
     if accelerator == "auto":
@@ -99,7 +100,7 @@ def _make_trainer(args: argparse.Namespace, train_cfg: dict, work_dir: Path, det
     max_steps = int(train_cfg.get("max_steps", 1000))
     ckpt_every = int(train_cfg.get("checkpoint_every_steps", 100)) or max_steps
     callbacks: list[L.Callback] = [
-        ResumeSync(), RankConsistency(work_dir),
+        ResumeSync(), RankConsistency(work_dir), SaveConfig(config_text, work_dir / "config.py"),
         ModelCheckpoint(dirpath=work_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=ckpt_every, save_last=True, save_top_k=0),
         LearningRateMonitor(logging_interval="step"),
@@ -126,15 +127,12 @@ def _make_trainer(args: argparse.Namespace, train_cfg: dict, work_dir: Path, det
         limit_val_batches=None if val_every > 0 else 0, num_sanity_val_steps=0)
 
 
-def _fit(trainer: L.Trainer, module: BEVMTLModule, cfg_file: Any, cfg: dict, args: argparse.Namespace,
+def _fit(trainer: L.Trainer, module: BEVMTLModule, cfg: dict, args: argparse.Namespace,
          work_dir: Path, seed: int, ckpt_path: str | None) -> None:
     """Datasets and loaders, then ``trainer.fit``. Datasets come after the Trainer: in DDP every
     process builds its own (the rank is known now)."""
     data = cfg["data"]
     rank, world = trainer.global_rank, trainer.world_size
-    if rank == 0:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        cfg_file.dump(str(work_dir / "config.py"))
     # finished items are kept in the work dir when they cannot change between epochs (augment='off')
     train_set = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=seed,
                               cache_dir=work_dir / "item_cache")
