@@ -34,7 +34,7 @@ class StepTerms:
     def add(self, terms: Mapping[str, Tensor]) -> None:
         for name, value in terms.items():
             self.names.append(name)
-            self.values.append(value.detach().float().reshape(()))
+            self.values.append(torch.as_tensor(value).detach().float().reshape(()))
 
     def clear(self) -> None:
         self.names, self.values = [], []
