@@ -237,7 +237,7 @@ def test_syntax_error_in_a_base_file_names_that_file(tmp_path):
         load_config(child)
 
 
-def test_cfg_option_errors_name_the_option(tmp_path):
+def test_cfg_option_errors_name_the_option(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"^--cfg-options train.max_steps=-3: train.max_steps must be a positive"):
         load_config(CONFIG, {"train.max_steps": -3})
     p = argparse.ArgumentParser(prog="train.py")
@@ -248,6 +248,8 @@ def test_cfg_option_errors_name_the_option(tmp_path):
         with pytest.raises(SystemExit) as e:
             p.parse_args(["--cfg-options", bad])
         assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"train.py: error: --cfg-options {bad!r}: " in err and why in err
 
 
 def test_model_builder_errors_name_the_config_file(tmp_path):
