@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from bev_mtl.engine.checkpoint import LoadReport, check_fits, load_matching_weights
+from bev_mtl.engine.checkpoint import CheckpointMismatch, LoadReport, check_fits, load_matching_weights
 from bev_mtl.engine.config_schema import SPECS, section_keys
 from bev_mtl.engine.guards import StepTerms, check_step_finite
 from bev_mtl.models.builder import build_model
@@ -154,20 +154,24 @@ class BEVMTLModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.snapshot(self.model)  # no-op for an EMA teacher
 
-    def configure_optimizers(self) -> dict:
-        cfg = self.optim_cfg
-        if cfg.get("type", "AdamW") != "AdamW":
-            raise ValueError(f"optim.type {cfg['type']!r}: only 'AdamW' is supported")
+    def _param_groups(self) -> list[dict]:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases: no weight decay
-        groups = [{"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.01))},
+        groups = [{"params": decay, "weight_decay": float(self.optim_cfg.get("weight_decay", 0.01))},
                   {"params": no_decay, "weight_decay": 0.0}]
         if self.weighting is not None and list(self.weighting.parameters()):
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups, lr=float(cfg.get("lr", 2e-3)), betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        return groups
+
+    def configure_optimizers(self) -> dict:
+        cfg = self.optim_cfg
+        if cfg.get("type", "AdamW") != "AdamW":
+            raise ValueError(f"optim.type {cfg['type']!r}: only 'AdamW' is supported")
+        opt = torch.optim.AdamW(self._param_groups(), lr=float(cfg.get("lr", 2e-3)),
+                                betas=tuple(cfg.get("betas", (0.9, 0.999))))
         total = int(self.train_cfg.get("max_steps", 1000))
         kind = self.schedule_cfg.get("type", "onecycle")
         warm = float(self.schedule_cfg.get("warmup", 0.1))
@@ -202,11 +206,27 @@ class BEVMTLModule(L.LightningModule):
         # called before Lightning's strict load_state_dict: a checkpoint of another config is named
         # as such (file, first mismatching tensors, its own config) instead of torch's size-mismatch dump
         check_fits(self.state_dict(), checkpoint["state_dict"], self.trainer.ckpt_path)
+        self._check_optimizer_fits(checkpoint)
         if self.ema is not None and checkpoint.get("ema_state_dict"):
             self.ema.model.load_state_dict(checkpoint["ema_state_dict"])
             self.ema.num_updates = int(checkpoint.get("ema_num_updates", 0))
         if self.teacher is not None and self.teacher is not self.ema and "teacher_state_dict" in checkpoint:
             self.teacher.load_state_dict(checkpoint["teacher_state_dict"])
+
+    def _check_optimizer_fits(self, checkpoint: dict) -> None:
+        """Same weights but other trained tensors (``freeze_stages``, learned task weights): torch
+        would say only "a parameter group doesn't match the size of optimizer's group"."""
+        states = checkpoint.get("optimizer_states") or []
+        if not states:
+            return
+        saved = [len(g["params"]) for g in states[0].get("param_groups", [])]
+        own = [len(g["params"]) for g in self._param_groups()]
+        if saved != own:
+            raise CheckpointMismatch(
+                f"checkpoint {self.trainer.ckpt_path}: its optimiser trains parameter groups of {saved} tensors, "
+                f"this config {own} (another image_encoder.freeze_stages or mtl.weighting?); resume with the "
+                f"checkpoint's own config ({Path(self.trainer.ckpt_path).parent / 'config.py'}), or start a new "
+                f"run from its weights with --load-from")
 
     def inference_model(self) -> nn.Module:
         """The EMA weights if EMA is on, else the trained ones."""

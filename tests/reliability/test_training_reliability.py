@@ -329,3 +329,9 @@ def test_tools_report_a_checkpoint_of_another_config(tiny_synthetic, tmp_path):
     assert res.returncode == 2, res.stderr[-3000:]
     assert f"error: checkpoint {ckpt} does not fit" in res.stderr and "model.bev_encoder" in res.stderr
     assert (src / "config.py").read_text() == saved and not (src / LOCK_NAME).exists()
+    # the same weights but other trained tensors (frozen stages): named too, not torch's group-size error
+    res = run(train_cmd(tiny_synthetic, src, "train.max_steps=2", "model.image_encoder.freeze_stages=2")
+              + ["--resume", "auto"])
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert f"error: checkpoint {ckpt}: its optimiser trains parameter groups of" in res.stderr
+    assert "freeze_stages" in res.stderr and str(src / "config.py") in res.stderr
