@@ -252,13 +252,19 @@ def test_cfg_option_errors_name_the_option(tmp_path, capsys):
         assert f"train.py: error: --cfg-options {bad!r}: " in err and why in err
 
 
-def test_model_builder_errors_name_the_config_file(tmp_path):
+@pytest.mark.parametrize("body, message", [
+    ("model = dict(bev_encoder=dict(out_chanels=8))", "unknown key bev_encoder.'out_chanels'"),
+    ("model = dict(image_encoder=dict(out_channels='16'))", "image_encoder.out_channels must be an integer, got '16'"),
+    ("model = dict(heads=dict(det=dict(head_channels=0)))", "heads.det.head_channels must be a positive integer"),
+    ("model = dict(heads=dict(map=dict(prior_prob='low')))", "heads.map.prior_prob must be a number, got 'low'"),
+])
+def test_model_builder_errors_name_the_config_file_and_key(tmp_path, body, message):
     from bev_mtl.engine.config import to_plain
     from bev_mtl.models.builder import build_model
 
-    path = _child(tmp_path, "model = dict(bev_encoder=dict(out_chanels=8))")
+    path = _child(tmp_path, body)
     cfg = to_plain(load_config(path).to_dict())
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: unknown key bev_encoder.'out_chanels'"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {re.escape(message)}"):
         with config_errors(path):
             build_model(cfg["model"])
 
