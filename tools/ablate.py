@@ -94,13 +94,11 @@ def model_stats(config: str, opts: list[str]) -> dict:
     """Parameters and eval latency (batch 1, median of 5 after 2 warm-ups) of the row's model."""
     import torch
 
-    from bev_mtl.engine.config import load_config, to_plain
+    from bev_mtl.engine.config import DictAction, load_config, to_plain
     from bev_mtl.models.builder import build_model
 
-    overrides = {}
-    for o in opts:
-        k, _, v = o.partition("=")
-        overrides[k] = None if v == "None" else (True if v == "True" else v)
+    # values parsed as --cfg-options parses them (numbers, booleans, None, lists): typed config checks
+    overrides = {k: DictAction._parse_iterable(v) for k, _, v in (o.partition("=") for o in opts)}
     cfg = to_plain(load_config(config, overrides).to_dict())
     model = build_model(cfg["model"]).eval()
     W, H = cfg["model"]["input_size"]

@@ -49,7 +49,7 @@ from bev_mtl.apis.predictor import camera_names, load_model, preprocess  # noqa:
 from bev_mtl.data.augment import AugmentConfig  # noqa: E402
 from bev_mtl.data.calibration import check_rig  # noqa: E402
 from bev_mtl.data.errors import DataError  # noqa: E402
-from bev_mtl.engine.config import DictAction, load_config  # noqa: E402
+from bev_mtl.engine.config import DictAction, config_errors, load_config  # noqa: E402
 
 
 def _read_calib(path: Path) -> dict:
@@ -163,9 +163,14 @@ def calibration_feeds(cfg, input_names: list[str], count: int) -> tuple[list[dic
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    cfg = load_config(args.config, args.cfg_options)
     ckpt = None if args.checkpoint.lower() == "none" else args.checkpoint
-    model, data_cfg = load_model(cfg, ckpt)
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        with config_errors(args.config):
+            model, data_cfg = load_model(cfg, ckpt)
+    except ValueError as e:  # ConfigError / CheckpointError (incl. a checkpoint of another config): one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     W, H = model.input_size
     N = model.num_cameras
     fixed = bool(args.fixed_rig or args.fixed_rig_from_data)

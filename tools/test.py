@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from bev_mtl.atomic import check_writable, remove_stale_temps
     from bev_mtl.data.builder import build_dataset
     from bev_mtl.engine.checkpoint import load_model_weights
-    from bev_mtl.engine.config import load_config, to_plain
+    from bev_mtl.engine.config import config_errors, load_config, to_plain
     from bev_mtl.engine.evaluation import RESULT_SET, Evaluator
     from bev_mtl.engine.loader import make_loader
     from bev_mtl.models.builder import build_model
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         split = args.split or data["val_split"]
         out = check_writable(Path(args.out or Path(args.checkpoint).parent / f"test_{split}"))  # before inference
         remove_stale_temps(out)  # temps / staging folders an interrupted earlier run left
-        model = build_model(cfg["model"])
-        load_model_weights(model, args.checkpoint)
+        with config_errors(args.config):
+            model = build_model(cfg["model"])
+        load_model_weights(model, args.checkpoint)  # CheckpointMismatch: the file, first tensors, its own config
         model.to(args.device).eval()
         dataset = build_dataset(cfg["model"], data, split, train=False)
         dataset.limit(args.max_samples)

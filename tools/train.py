@@ -9,7 +9,10 @@
 
 The work dir (default work_dirs/<config name>) receives the resolved config (config.py),
 TensorBoard and CSV logs, last.ckpt (every train.checkpoint_every_steps and at the end) and,
-when validation runs, best_nds.ckpt. All checkpoints are written atomically.
+when validation runs, best_nds.ckpt. All checkpoints are written atomically. One run at a time
+per work dir (WORK_DIR/train.lock names the running one; a crashed run's lock is taken over). A
+resumed run appends to the CSV log. A NaN/inf loss or gradient stops the run before that step is
+applied (exit code 2, naming the step and the loss terms); the last checkpoint stays as it was.
 """
 from __future__ import annotations
 
@@ -50,11 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from bev_mtl.engine.guards import TrainingDiverged
     from bev_mtl.engine.trainer import run_training
+    from bev_mtl.engine.workdir_lock import WorkDirLocked
 
     try:
         run_training(args)
-    except (ValueError, OSError) as e:  # config / data / checkpoint problems, unwritable or full disk: one line
+    # config / data / checkpoint problems, a busy work dir, a diverged run, unwritable or full disk: one line
+    except (ValueError, OSError, WorkDirLocked, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -33,7 +33,7 @@ from bev_mtl.data.geometry import inv_T  # noqa: E402
 from bev_mtl.data.nusc_infos import DataError  # noqa: E402
 from bev_mtl.data.sample import Boxes, SampleInfo  # noqa: E402
 from bev_mtl.engine.checkpoint import CheckpointError  # noqa: E402
-from bev_mtl.engine.config import ConfigError, DictAction, load_config, to_plain  # noqa: E402
+from bev_mtl.engine.config import ConfigError, DictAction, config_errors, load_config, to_plain  # noqa: E402
 from bev_mtl.models.det_head import det_class_names  # noqa: E402
 from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,  # noqa: E402
                          compose_panels, legend_panel, render_bev)
@@ -306,13 +306,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         from bev_mtl.engine.checkpoint import load_model_weights
         from bev_mtl.models.builder import build_model
 
-        model = build_model(model_cfg)
-        try:
-            load_model_weights(model, args.ckpt)
-        except RuntimeError as e:  # shape mismatches come from torch as RuntimeError
-            first = str(e).strip().splitlines()
-            raise VisError(f"checkpoint {args.ckpt} does not fit the model of {args.config} (config differs?): "
-                           f"{first[-1].strip() if first else e}") from None
+        with config_errors(args.config):
+            model = build_model(model_cfg)
+        load_model_weights(model, args.ckpt)  # CheckpointMismatch: the file, first tensors, its own config
         model.to(args.device).eval()
         # the head may extend the configured classes (e.g. appends "traffic_light"): its list is the truth
         head = getattr(model.heads["det"], "head", None) if "det" in model.heads else None

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bev_mtl.engine.config_schema import section_keys
+
 from .augment import AugmentConfig
 from .dataset import DET_CLASSES, MultiViewDataset
 from .map_targets import MapTargetConfig
@@ -18,8 +20,7 @@ from .nusc_infos import DataError, create_infos
 
 __all__ = ["DATA_KEYS", "build_dataset", "ensure_infos", "find_version", "info_path"]
 
-DATA_KEYS = ("root", "version", "train_split", "val_split", "cameras", "augment", "map_line_width", "depth_stride",
-             "cbgs", "batch_size", "val_batch_size", "num_workers", "val_max_samples", "labelled", "cache_items")
+DATA_KEYS = section_keys("data")  # their types and ranges: bev_mtl/engine/config_schema.py
 
 
 def check_data_cfg(data: Mapping[str, Any]) -> None:

@@ -1,15 +1,20 @@
-"""Lightning plug-ins: atomic checkpoint files and exact mid-epoch resume."""
+"""Lightning plug-ins: atomic checkpoint files, exact mid-epoch resume, a CSV log a resume appends to."""
 from __future__ import annotations
 
+import csv
 import os
 from typing import Any
 
 import lightning as L
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from bev_mtl.atomic import atomic_path, atomic_write_text
 from bev_mtl.engine.checkpoint import atomic_save, load_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "ResumeSync"]
+__all__ = ["AtomicCheckpointIO", "ResumableCSVLogger", "ResumeSync", "SaveConfig"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -90,3 +95,62 @@ class RankConsistency(L.Callback):
             if len(set(digests)) > 1:
                 warnings.warn(f"DDP ranks ended with different weights: {digests}")
 
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes ``metrics.csv`` when it starts; this one keeps the previous
+    run's rows and header. Rows of steps the resumed run logs again (the stopped run went on past
+    its last checkpoint) are dropped at the first save, so every step has the rows of one run."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._trimmed = False
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+    def save(self) -> None:
+        if self.metrics and not self._trimmed and self._fs.isfile(self.metrics_file_path):
+            self._drop_rows_from(min(int(m["step"]) for m in self.metrics))
+        self._trimmed = self._trimmed or bool(self.metrics)
+        super().save()
+
+    def _drop_rows_from(self, step: int) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < step]
+        if len(keep) == len(rows):
+            return
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(keep)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` a resumed run (``resume=True``) appends to instead of
+    replacing; a fresh run starts a new file as Lightning's does."""
+
+    def __init__(self, *args: Any, resume: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume = resume
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = (_AppendingWriter if self.resume else ExperimentWriter)(log_dir=self.log_dir)
+        return self._experiment
+
+
+class SaveConfig(L.Callback):
+    """Writes the resolved config (``config.py``) beside the checkpoints when training starts, i.e.
+    after a resumed checkpoint was found to fit it: a config that does not fit the checkpoint
+    must not replace the one that does (the mismatch error points the user at that file)."""
+
+    def __init__(self, text: str, path: str | os.PathLike) -> None:
+        self.text, self.path = text, path
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, self.text)

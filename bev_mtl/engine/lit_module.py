@@ -13,25 +13,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from bev_mtl.engine.checkpoint import LoadReport, load_matching_weights
+from bev_mtl.engine.checkpoint import CheckpointMismatch, LoadReport, check_fits, load_matching_weights
+from bev_mtl.engine.config_schema import SPECS, section_keys
+from bev_mtl.engine.guards import StepTerms, check_step_finite
 from bev_mtl.models.builder import build_model
 from bev_mtl.mtl.distill import Teacher, distill_loss, missing_from_labelled
 from bev_mtl.mtl.weighting import DWAWeighting, GradNormWeighting, build_weighting, group_by_task, task_of
 
 __all__ = ["BEVMTLModule", "MTL_KEYS", "OPTIM_KEYS", "SCHEDULE_KEYS", "TRAIN_KEYS"]
 
-OPTIM_KEYS = ("type", "lr", "weight_decay", "betas")
-SCHEDULE_KEYS = ("type", "warmup")
-TRAIN_KEYS = ("max_steps", "val_every_steps", "log_every_steps", "grad_clip", "precision", "ema",
-              "checkpoint_every_steps", "deterministic", "channels_last")
-MTL_KEYS = ("weighting", "tasks", "distill")
-DISTILL_KEYS = ("enabled", "teacher", "decay", "temperature", "weight")
+OPTIM_KEYS = section_keys("optim")
+SCHEDULE_KEYS = section_keys("schedule")
+TRAIN_KEYS = section_keys("train")
+MTL_KEYS = section_keys("mtl")
+DISTILL_KEYS = tuple(SPECS["mtl"]["distill"])
+EMA_KEYS = tuple(SPECS["train"]["ema"])
 
 
 def _check(section: Mapping[str, Any], allowed: tuple[str, ...], name: str) -> None:
@@ -64,7 +67,7 @@ class BEVMTLModule(L.LightningModule):
             build_weighting(wcfg, self.tasks)
 
         ema = dict(train.get("ema") or {})
-        _check(ema, ("enabled", "decay"), "train.ema")
+        _check(ema, EMA_KEYS, "train.ema")
         dcfg = dict(mtl.get("distill") or {})
         _check(dcfg, DISTILL_KEYS, "mtl.distill")
         self.distill = bool(dcfg.get("enabled", False))
@@ -81,6 +84,7 @@ class BEVMTLModule(L.LightningModule):
             else:
                 self.teacher = Teacher.from_student(self.model, mode, 0.999 if decay is None else float(decay))
         self.evaluator = evaluator
+        self.step_terms = StepTerms()  # this step's weighted loss terms, checked before the optimiser step
 
     def load_from(self, path: str, strict: bool = False) -> LoadReport:
         """Initialise the model (and its EMA / distillation teachers) from a checkpoint's weights;
@@ -100,12 +104,12 @@ class BEVMTLModule(L.LightningModule):
                               self.distill_T)
         else:
             dl = {}
+        weighted = self.model.weighted_terms(losses)
         if self.weighting is None:
-            total = self.model.total_loss(losses)
+            total = sum(weighted.values())  # = model.total_loss(losses)
             weights = {}
         else:
             # term weights (e.g. regression vs heatmap) stay fixed inside a task; the method weighs tasks
-            weighted = self.model.weighted_terms(losses)
             main = {k: v for k, v in weighted.items() if task_of(k) in self.tasks}
             aux = [v for k, v in weighted.items() if task_of(k) not in self.tasks]
             wl = self.weighting(group_by_task(main), present=batch.get("labelled"), shared=outputs["bev_feat"])
@@ -114,6 +118,7 @@ class BEVMTLModule(L.LightningModule):
             self.log_dict({f"mtl/{k}": v for k, v in wl.extra.items()}, batch_size=batch["images"].shape[0])
         if dl:
             total = total + self.distill_w * sum(dl.values())
+        self.step_terms.add({**weighted, **{k: self.distill_w * v for k, v in dl.items()}, "total": total})
         B = batch["images"].shape[0]
         per_task: dict[str, Tensor] = {}
         for k, v in {**losses, **dl}.items():
@@ -124,6 +129,17 @@ class BEVMTLModule(L.LightningModule):
             self.log_dict({f"w/{t}": float(w) for t, w in weights.items()}, prog_bar=True, batch_size=B)
         self.log_dict({k: v.detach() for k, v in {**losses, **dl}.items()}, batch_size=B)
         return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights (and so any checkpoint).
+        Under fp16 autocast the GradScaler skips inf gradients itself: only the losses are checked."""
+        cb = self.trainer.checkpoint_callback
+        last = Path(cb.dirpath) / "last.ckpt" if cb is not None and getattr(cb, "dirpath", None) else None
+        try:
+            check_step_finite(self.trainer.global_step + 1, self.step_terms, self.named_parameters(),
+                              check_grads=str(self.trainer.precision) not in ("16-mixed", "16"), last_ckpt=last)
+        finally:
+            self.step_terms.clear()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after optimizer.step(): GradNorm's renormalisation, EMA / teacher updates
@@ -138,20 +154,24 @@ class BEVMTLModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.snapshot(self.model)  # no-op for an EMA teacher
 
-    def configure_optimizers(self) -> dict:
-        cfg = self.optim_cfg
-        if cfg.get("type", "AdamW") != "AdamW":
-            raise ValueError(f"optim.type {cfg['type']!r}: only 'AdamW' is supported")
+    def _param_groups(self) -> list[dict]:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases: no weight decay
-        groups = [{"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.01))},
+        groups = [{"params": decay, "weight_decay": float(self.optim_cfg.get("weight_decay", 0.01))},
                   {"params": no_decay, "weight_decay": 0.0}]
         if self.weighting is not None and list(self.weighting.parameters()):
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups, lr=float(cfg.get("lr", 2e-3)), betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        return groups
+
+    def configure_optimizers(self) -> dict:
+        cfg = self.optim_cfg
+        if cfg.get("type", "AdamW") != "AdamW":
+            raise ValueError(f"optim.type {cfg['type']!r}: only 'AdamW' is supported")
+        opt = torch.optim.AdamW(self._param_groups(), lr=float(cfg.get("lr", 2e-3)),
+                                betas=tuple(cfg.get("betas", (0.9, 0.999))))
         total = int(self.train_cfg.get("max_steps", 1000))
         kind = self.schedule_cfg.get("type", "onecycle")
         warm = float(self.schedule_cfg.get("warmup", 0.1))
@@ -183,11 +203,30 @@ class BEVMTLModule(L.LightningModule):
             checkpoint["teacher_state_dict"] = self.teacher.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # called before Lightning's strict load_state_dict: a checkpoint of another config is named
+        # as such (file, first mismatching tensors, its own config) instead of torch's size-mismatch dump
+        check_fits(self.state_dict(), checkpoint["state_dict"], self.trainer.ckpt_path)
+        self._check_optimizer_fits(checkpoint)
         if self.ema is not None and checkpoint.get("ema_state_dict"):
             self.ema.model.load_state_dict(checkpoint["ema_state_dict"])
             self.ema.num_updates = int(checkpoint.get("ema_num_updates", 0))
         if self.teacher is not None and self.teacher is not self.ema and "teacher_state_dict" in checkpoint:
             self.teacher.load_state_dict(checkpoint["teacher_state_dict"])
+
+    def _check_optimizer_fits(self, checkpoint: dict) -> None:
+        """Same weights but other trained tensors (``freeze_stages``, learned task weights): torch
+        would say only "a parameter group doesn't match the size of optimizer's group"."""
+        states = checkpoint.get("optimizer_states") or []
+        if not states:
+            return
+        saved = [len(g["params"]) for g in states[0].get("param_groups", [])]
+        own = [len(g["params"]) for g in self._param_groups()]
+        if saved != own:
+            raise CheckpointMismatch(
+                f"checkpoint {self.trainer.ckpt_path}: its optimiser trains parameter groups of {saved} tensors, "
+                f"this config {own} (another image_encoder.freeze_stages or mtl.weighting?); resume with the "
+                f"checkpoint's own config ({Path(self.trainer.ckpt_path).parent / 'config.py'}), or start a new "
+                f"run from its weights with --load-from")
 
     def inference_model(self) -> nn.Module:
         """The EMA weights if EMA is on, else the trained ones."""

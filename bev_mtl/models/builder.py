@@ -78,10 +78,36 @@ def _init_keys(cls: Callable[..., Any], exclude: tuple[str, ...] = ()) -> set[st
     return _named(cls, exclude)
 
 
+# plainly annotated scalar arguments: the value a config must give (checked here, so a wrong type
+# is named by its key instead of failing inside torch; unions and containers are left to the module)
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_NEEDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _check_types(cfg: Mapping[str, Any], classes: tuple[Callable[..., Any], ...], where: str) -> None:
+    """ValueError naming ``where.key`` for a value of the wrong type for a plainly annotated
+    ``int`` / ``float`` / ``bool`` / ``str`` constructor argument (``*channels``: also > 0)."""
+    annotations: dict[str, str] = {}
+    for cls in classes:
+        for name, p in inspect.signature(cls).parameters.items():
+            annotations.setdefault(name, p.annotation if isinstance(p.annotation, str) else
+                                   getattr(p.annotation, "__name__", ""))
+    for key, value in cfg.items():
+        kind = annotations.get(key)
+        if kind not in _SCALARS:
+            continue
+        ok = isinstance(value, _SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))
+        if ok and key.endswith("channels") and value <= 0:
+            raise ValueError(f"{where}.{key} must be a positive integer, got {value!r}")
+        if not ok:
+            raise ValueError(f"{where}.{key} must be {_NEEDS[kind]}, got {value!r} ({type(value).__name__})")
+
+
 def _kwargs(cls: Callable[..., Any], cfg: Mapping[str, Any], where: str, exclude: tuple[str, ...] = ()) -> dict:
     keys = _init_keys(cls, exclude)
     if keys is not None:
         _check_keys(cfg, keys, where)
+    _check_types(cfg, (cls,), where)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}  # lists from YAML -> tuples
 
 
@@ -108,9 +134,11 @@ def _build_head(name: str, entry: Mapping[str, Any], in_channels: int, grid: BEV
         # DetTask forwards **kwargs to CenterHead: check against both signatures
         _check_keys(cfg, _named(DetTask, ("in_channels", "feature_grid"))
                     | _named(CenterHead, ("in_channels", "grid")), where)
+        _check_types(cfg, (DetTask, CenterHead), where)
     elif cls is MapTask:
         _check_keys(cfg, _named(MapTask, ("in_channels", "feature_grid"))
                     | _named(MapHead, ("in_channels", "classes", "feature_grid", "target_grid")), where)
+        _check_types(cfg, (MapTask, MapHead), where)
     kwargs = _kwargs(cls, cfg, where, ("in_channels", "feature_grid"))
     if isinstance(kwargs.get("grid"), Mapping):  # a head's own output grid (e.g. the map-target grid)
         kwargs["grid"] = _grid(kwargs["grid"], f"{where}.grid")
