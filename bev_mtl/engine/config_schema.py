@@ -105,6 +105,7 @@ MODEL: dict[str, Spec] = {
     "loss_weights": dict_of(NONNEG_NUM, "a dict {loss name: finite number >= 0}"),
     "image_encoder": DICT, "view_transform": DICT, "bev_encoder": DICT, "heads": DICT,
     "perspective_head": Spec((dict,), "a dict or None", none_ok=True),
+    "attribute_head": Spec((dict,), "a dict or None", none_ok=True),
 }
 
 

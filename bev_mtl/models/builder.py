@@ -190,6 +190,7 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
         acfg = dict(attr_cfg)
         names = tuple(acfg.pop("attributes", IMAGE_ATTRIBUTES))
         _check_keys(acfg, _named(ImageAttributeHead, ("in_channels", "classes")), "attribute_head")
+        _check_types(acfg, (ImageAttributeHead,), "attribute_head")
         sizes = {n: _attribute_size(heads_cfg["det"], n) for n in names}
         in_channels = image_encoder.out_channels + image_encoder.fine_channels + 3  # + RGB (BEVMultiTaskModel.forward)
         attribute = ImageAttributeHead(in_channels, sizes, **acfg)
