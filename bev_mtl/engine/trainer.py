@@ -82,6 +82,8 @@ def run_training(args: argparse.Namespace) -> L.Trainer:
     ckpt_path = resolve_resume(args.resume, work_dir)
     trainer = _make_trainer(args, train_cfg, work_dir, deterministic, resumed=ckpt_path is not None,
                             config_text=cfg_file.dump())
+    if trainer.global_rank == 0:
+        check_writable(work_dir, "work dir")  # before the lock, datasets and steps: not at the first checkpoint
     # one run per work dir: rank 0 holds the lock for every rank until the run ends, also on errors
     with work_dir_lock(work_dir, " ".join(sys.argv), enabled=trainer.global_rank == 0):
         _fit(trainer, module, cfg, args, work_dir, seed, ckpt_path)
@@ -135,7 +137,6 @@ def _fit(trainer: L.Trainer, module: BEVMTLModule, cfg: dict, args: argparse.Nam
     data = cfg["data"]
     rank, world = trainer.global_rank, trainer.world_size
     if rank == 0:
-        check_writable(work_dir, "work dir")  # before datasets and steps, not at the first checkpoint
         # temps of checkpoint / cache writes an interrupted earlier run left (live writers' are kept)
         remove_stale_temps(work_dir, *(p for p in (work_dir / "item_cache").glob("*") if p.is_dir()))
     # finished items are kept in the work dir when they cannot change between epochs (augment='off')
