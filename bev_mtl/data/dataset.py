@@ -19,7 +19,8 @@ One item (see docs/design.md, "Multi-view dataset")::
     (emergency vehicles are ``car`` rows: ``detection_names``; their vehicle type says which)
     gt_boxes_2d [T, 9] float32  every (camera, box) pair where a gt_boxes row is seen, at the network
                 input: camera n, row m of gt_boxes, centre u, v, centre depth, 2D box x1, y1, x2, y2
-                (``geometry.boxes_in_cameras``: mmdetection3d's cam_instances rule)
+                (``geometry.boxes_in_cameras``: mmdetection3d's cam_instances rule);
+                gt_light_boxes_2d [T', 9] the same for the light housings (rows of gt_light_boxes)
     map_targets [C, X, Y] uint8  (only with a map config; MapRasterizer grid, augmented frame)
     depth       [N, H_in / s, W_in / s] float32  (only with depth_targets; 0 = no LiDAR point)
     labelled    {task: bool};  token str
@@ -275,6 +276,7 @@ class MultiViewDataset(Dataset):
         item.update(self._box_targets(s, key_T_global, bev_aug))
         if self.boxes_2d:
             item["gt_boxes_2d"] = torch.from_numpy(self._boxes_2d(s, key_T_global, pix_T_cam, ego_T_cam)).float()
+            item["gt_light_boxes_2d"] = torch.from_numpy(self._lights_2d(s, key_T_global, pix_T_cam, ego_T_cam)).float()
         labelled = {"det": bool(s.labelled.get("det", True)), "blinker": bool(s.labelled.get("blinker", False)),
                     "light": bool(s.labelled.get("light", False) and s.traffic_lights is not None),
                     "map": self.map_config is not None and bool(s.labelled.get("map", True)),
@@ -329,7 +331,16 @@ class MultiViewDataset(Dataset):
         """[T, 9] image-space views of the det-class boxes (rows index ``gt_boxes``): the cameras see
         the un-augmented keyframe ego frame, so no bev_aug here."""
         keep = np.flatnonzero(_index(detection_names(s.boxes), self.det_classes) >= 0)
-        b = _subset(s.boxes, keep)
+        return self._views(_subset(s.boxes, keep), key_T_global, pix_T_cam, ego_T_cam)
+
+    def _lights_2d(self, s: SampleInfo, key_T_global: np.ndarray, pix_T_cam: np.ndarray,
+                   ego_T_cam: np.ndarray) -> np.ndarray:
+        """[T, 9] image-space views of the traffic-light housings (rows index ``gt_light_boxes``)."""
+        if s.traffic_lights is None or not len(s.traffic_lights.boxes):
+            return np.zeros((0, 9))
+        return self._views(s.traffic_lights.boxes, key_T_global, pix_T_cam, ego_T_cam)
+
+    def _views(self, b: Boxes, key_T_global: np.ndarray, pix_T_cam: np.ndarray, ego_T_cam: np.ndarray) -> np.ndarray:
         corners = transform_points(key_T_global, b.corners_global())  # [M, 8, 3]
         centers = transform_points(key_T_global, b.center)
         cam_T_key = np.stack([inv_T(T) for T in ego_T_cam])  # [N, 4, 4]

@@ -6,7 +6,8 @@ Every attribute is reported two ways (``Evaluator``):
   what a user of the detector gets;
 * ``gt_boxes``: the attribute head run on the GT boxes themselves, for objects within
   ``GT_MAX_DISTANCE`` of the ego and at least 40 % visible (nuScenes visibility level >= 2; a
-  light housing's visible share >= 0.4): attribute learning apart from detection.
+  light housing's visible share >= 0.4, and a camera sees its front face, where the lenses are):
+  attribute learning apart from detection.
 
 A report holds accuracy, macro-F1 over the classes present in the GT, per-class recall, the
 confusion matrix (rows GT, columns prediction, vocabulary order) and, beside them, the
@@ -84,10 +85,18 @@ def greedy_match(pred_xy: np.ndarray, scores: np.ndarray, gt_xy: np.ndarray,
     return pairs
 
 
-def recall_report(matched: Mapping[float, int], num_gt: int, num_pred: int) -> dict[str, Any]:
-    """Recall and precision per matching distance from summed counts of matched GT objects."""
-    out: dict[str, Any] = {"gt": num_gt, "predictions": num_pred}
-    for d, tp in matched.items():
-        out[f"recall@{d:g}m"] = tp / num_gt if num_gt else None
-        out[f"precision@{d:g}m"] = tp / num_pred if num_pred else None
+def recall_report(scored: Mapping[float, Sequence[tuple[float, bool]]], num_gt: int,
+                  min_score: float) -> dict[str, Any]:
+    """Light detection per matching distance d from every detection's (score, matched) pair:
+    recall and precision of the detections with score >= ``min_score``, and the R-precision: the
+    share of matched among the ``num_gt`` best-scoring detections (no threshold to choose; a
+    detector that ranks every GT light first scores 1)."""
+    out: dict[str, Any] = {"gt": num_gt, "min_score": min_score}
+    for d, pairs in scored.items():
+        arr = np.array(sorted(pairs, key=lambda p: -p[0]), np.float64).reshape(-1, 2)
+        keep = arr[:, 0] >= min_score
+        out["predictions"] = int(keep.sum())
+        out[f"recall@{d:g}m"] = float(arr[keep, 1].sum() / num_gt) if num_gt else None
+        out[f"precision@{d:g}m"] = float(arr[keep, 1].mean()) if keep.any() else None
+        out[f"r_precision@{d:g}m"] = float(arr[:num_gt, 1].sum() / num_gt) if num_gt else None
     return out

@@ -96,7 +96,8 @@ class Evaluator:
         self.pairs: dict[str, list[tuple[int, int, str]]] = {t: [] for t in ATTR_TASKS}  # (pred, gt, class)
         self.labelled_gt: dict[str, int] = {t: 0 for t in ATTR_TASKS}
         self.gt_pairs: dict[str, list[tuple[int, int]]] = {t: [] for t in ATTR_TASKS}  # (pred, gt) on GT boxes
-        self.lights = {"gt": 0, "predictions": 0, **{f"matched@{d:g}": 0 for d in LIGHT_DISTANCES}}
+        self.light_gt = 0
+        self.light_scored: dict[float, list[tuple[float, bool]]] = {d: [] for d in LIGHT_DISTANCES}
 
     # ------------------------------------------------------------------------------ collect
     @torch.no_grad()
@@ -143,6 +144,8 @@ class Evaluator:
             lb = batch["gt_light_boxes"][b].cpu().numpy()
             lab_ok = bool(batch.get("labelled", {}).get("light", [True] * (b + 1))[b])
             colour = batch["gt_light_labels"][b].cpu().numpy() if lab_ok else np.full(len(lb), -1)
+            if "gt_light_boxes/light_front_seen" in pred:  # colour only where the lenses face a camera
+                colour = np.where(pred["gt_light_boxes/light_front_seen"].cpu().numpy(), colour, -1)
             sources.append((lb, np.zeros(len(lb), np.int64), batch["gt_light_mask"][b].cpu().numpy(),
                             {"light": colour}, ("traffic_light",)))
         for gboxes, glabels, gmask, glabs, gnames in sources:
@@ -177,26 +180,29 @@ class Evaluator:
             vis = batch["gt_light_visibility"][b].cpu().numpy() if "gt_light_visibility" in batch \
                 else np.full(len(labels), -1.0)
             rows = gt_box_rows(batch["gt_light_boxes"][b].cpu().numpy(), vis, labels, light=True)
+            front = pred["gt_light_boxes/light_front_seen"].cpu().numpy()
+            rows = rows[front[rows]]  # the lenses face some camera: the colour is in the pixels
             answer = probs.cpu().numpy().argmax(-1)
             self.gt_pairs["light"] += [(int(answer[r]), int(labels[r])) for r in rows]
 
     def _lights(self, batch: Mapping[str, Any], b: int, pred: Mapping[str, torch.Tensor]) -> None:
-        """Counts for the traffic-light recall at 1 m / 2 m (centres in the ego xy plane)."""
+        """(score, matched) of every light detection, per matching distance (centres, ego xy)."""
         if "traffic_light" not in self.class_names or "gt_light_boxes" not in batch:
             return
-        keep = (pred["labels"] == self.class_names.index("traffic_light")) & (pred["scores"] >= self.light_min_score)
+        keep = pred["labels"] == self.class_names.index("traffic_light")
         xy, scores = pred["boxes"][keep, :2].cpu().numpy(), pred["scores"][keep].cpu().numpy()
         gt = batch["gt_light_boxes"][b][batch["gt_light_mask"][b].bool()][:, :2].cpu().numpy()
-        self.lights["gt"] += len(gt)
-        self.lights["predictions"] += len(xy)
+        self.light_gt += len(gt)
         for d in LIGHT_DISTANCES:
-            self.lights[f"matched@{d:g}"] += len(greedy_match(xy, scores, gt, d))
+            hit = np.zeros(len(xy), bool)
+            hit[[k for k, _ in greedy_match(xy, scores, gt, d)]] = True
+            self.light_scored[d] += list(zip(scores.tolist(), hit.tolist()))
 
     # ----------------------------------------------------------------------------- gather
     def state(self) -> dict:
         return {"results": self.results, "map_counts": self.map_counts, "map_labelled": self.map_labelled,
                 "pairs": self.pairs, "labelled_gt": self.labelled_gt, "gt_pairs": self.gt_pairs,
-                "lights": self.lights}
+                "light_gt": self.light_gt, "light_scored": self.light_scored}
 
     def merge(self, state: Mapping[str, Any]) -> None:
         for token, boxes in state["results"].items():
@@ -208,8 +214,9 @@ class Evaluator:
             self.pairs[t] += state["pairs"][t]
             self.labelled_gt[t] += state["labelled_gt"][t]
             self.gt_pairs[t] += state["gt_pairs"][t]
-        for k, v in state["lights"].items():
-            self.lights[k] += v
+        self.light_gt += state["light_gt"]
+        for d in LIGHT_DISTANCES:
+            self.light_scored[d] += state["light_scored"][d]
 
     def evaluate_distributed(self) -> dict[str, float]:
         """Gather every rank's state to rank 0, evaluate there, share the flat metrics with all."""
@@ -243,9 +250,8 @@ class Evaluator:
             report["map_segmentation"] = self._map_report()
             report["attributes"] = self._attr_report()
             report["attributes_gt_boxes"] = self._gt_attr_report()
-            report["traffic_lights"] = recall_report({d: self.lights[f"matched@{d:g}"] for d in LIGHT_DISTANCES},
-                                                     self.lights["gt"], self.lights["predictions"]) \
-                if self.lights["gt"] else "no traffic lights"
+            report["traffic_lights"] = recall_report(self.light_scored, self.light_gt, self.light_min_score) \
+                if self.light_gt else "no traffic lights"
             (stage / "metrics.json").write_text(json.dumps(_nan_to_none(report), indent=2))
             (stage / "metrics.md").write_text(format_report(report))
         return _flat_metrics(report)
@@ -329,7 +335,7 @@ def _flat_metrics(report: Mapping[str, Any]) -> dict[str, float]:
             flat[f"gt_boxes_acc/{task}"], flat[f"gt_boxes_f1/{task}"] = r["accuracy"], r["macro_f1"]
     lights = report["traffic_lights"]
     if isinstance(lights, dict) and lights["recall@2m"] is not None:
-        flat["light_recall@2m"] = lights["recall@2m"]
+        flat["light_recall@2m"], flat["light_r_precision@2m"] = lights["recall@2m"], lights["r_precision@2m"]
     return flat
 
 
@@ -424,10 +430,13 @@ def format_report(report: Mapping[str, Any]) -> str:
                          f"{r['majority_macro_f1']:.3f} | {r['count']} | {recall} |")
     lights = report.get("traffic_lights")
     if isinstance(lights, dict):
-        lines += ["", "## Traffic lights (detections with score >= the light threshold)", "",
-                  "| GT lights | predictions | recall @1 m | recall @2 m | precision @2 m |", "|---:|---:|---:|---:|---:|",
+        lines += ["", f"## Traffic lights (recall / precision of detections with score >= {lights['min_score']:g}; "
+                  "R-precision: matched share of the as-many best detections as GT lights)", "",
+                  "| GT lights | detections | recall @1 m | recall @2 m | precision @2 m | R-precision @1 m | @2 m |",
+                  "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {lights['gt']} | {lights['predictions']} | {_fmt(lights['recall@1m'])} | "
-                  f"{_fmt(lights['recall@2m'])} | {_fmt(lights['precision@2m'])} |"]
+                  f"{_fmt(lights['recall@2m'])} | {_fmt(lights['precision@2m'])} | {_fmt(lights['r_precision@1m'])} | "
+                  f"{_fmt(lights['r_precision@2m'])} |"]
     return "\n".join(lines) + "\n"
 
 

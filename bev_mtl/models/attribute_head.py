@@ -7,7 +7,7 @@ every camera that sees them, and classifies the object from those samples:
 
     boxes [B, M, 9] (augmented ego frame: GT boxes in training, decoded boxes at inference)
       -> undo bev_aug: the box in the keyframe ego frame, with its physical heading
-      -> K keypoints per box in the box's own frame (x forward, y LEFT, z up)   [B, M, K, 3]
+      -> K = 15 keypoints per box in the box's own frame (x forward, y LEFT, z up)   [B, M, K, 3]
       -> every camera: project (pix_T_cam, ego_T_cam), keep points in the image, in front of the
          camera and on a box face that faces the camera (no self-occlusion)   [B, N, M, K]
       -> bilinear samples of the neck map (stride s), the stride-4 trunk tap and the pixels
@@ -45,8 +45,14 @@ KEYPOINTS: tuple[tuple[str, tuple[float, float, float], tuple[int, int, int]], .
     ("roof", (0.0, 0.0, 1.0), (0, 0, 1)),
     ("front_upper", (1.0, 0.0, 0.6), (1, 0, 0)),  # a traffic light's red lens, a windscreen
     ("front_lower", (1.0, 0.0, -0.6), (1, 0, 0)),  # its green lens, a bumper
+    # just under the roof on the other faces: a police car's light bar, seen from the side or behind
+    # (the roof itself is seen only from above the vehicle)
+    ("left_upper", (0.0, 1.0, 0.85), (0, 1, 0)),
+    ("right_upper", (0.0, -1.0, 0.85), (0, -1, 0)),
+    ("rear_upper", (-1.0, 0.0, 0.85), (-1, 0, 0)),
 )
 _LAMPS = slice(1, 5)
+_FRONT = tuple(k for k, (n, _, _) in enumerate(KEYPOINTS) if n in ("front", "front_upper", "front_lower"))
 
 
 def unaugment_boxes(boxes: Tensor, bev_aug: Tensor) -> Tensor:
@@ -132,7 +138,8 @@ class ImageAttributeHead(nn.Module):
         """maps: image-aligned ``[B*N, C_i, H / s_i, W / s_i]`` (any strides; channels sum to
         ``in_channels``), boxes [B, M, 9] (augmented ego frame),
         pix_T_cam [B, N, 3, 3], ego_T_cam [B, N, 4, 4], bev_aug [B, 4, 4] or None ->
-        ``{name: [B, M, n] logits, "seen": [B, M] bool (some camera sees some keypoint)}``."""
+        ``{name: [B, M, n] logits, "seen": [B, M] bool (some camera sees some keypoint),
+        "front_seen": [B, M] bool (some camera sees a point of the front face)}``."""
         B, N = pix_T_cam.shape[:2]
         M = boxes.shape[1]
         if bev_aug is None:
@@ -156,6 +163,8 @@ class ImageAttributeHead(nn.Module):
         out = {name: clf(point, flags) if isinstance(clf, MirroredBlinker) else clf(h)
                for name, clf in self.classifiers.items()}  # [B, M, n]
         out["seen"] = count.sum(-1) > 0  # [B, M]
+        # a camera sees the front face (a traffic light's lenses): its colour is observable at all
+        out["front_seen"] = count[..., list(_FRONT)].sum(-1) > 0  # [B, M]
         return out
 
 

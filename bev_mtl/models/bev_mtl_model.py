@@ -254,7 +254,9 @@ class BEVMultiTaskModel(nn.Module):
         losses = {}
         for name, target in labels.items():  # [B, M] each
             target = target.to(valid.device)
-            ok = (valid & out["seen"] & (target >= 0)).float()  # [B, M]
+            # a light's colour is on its front face: from behind or the side it is no pixel's fact
+            seen = out["front_seen"] if name == "light" else out["seen"]
+            ok = (valid & seen & (target >= 0)).float()  # [B, M]
             logp = torch.log_softmax(out[name].float(), -1)  # [B, M, n]
             nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # [B, M]
             losses[f"loss/det/{name}"] = (nll * ok).sum() / ok.sum().clamp(min=1.0)
@@ -296,13 +298,16 @@ class BEVMultiTaskModel(nn.Module):
                             results: list[dict[str, Tensor]]) -> None:
         """Image attribute probabilities of the decoded boxes (``<name>`` [K, n]) and, when the batch
         carries GT, of the GT boxes (``gt_boxes/<name>``; the light colour of the housings as
-        ``gt_light_boxes/light``): attribute learning measured apart from detection."""
+        ``gt_light_boxes/light``): attribute learning measured apart from detection. With a light
+        head also ``light_front_seen`` [K] bool: whether a camera sees the box's front face."""
         def run(boxes: list[Tensor], prefix: str, names: Sequence[str]) -> None:
             out, _ = self.attributes_at(boxes, batch, image_feats)
             for res, bx, b in zip(results, boxes, range(len(results))):
                 for name in names:
                     if name in out:
                         res[prefix + name] = out[name][b, :len(bx)].float().softmax(-1)
+                if "light" in names:
+                    res[prefix + "light_front_seen"] = out["front_seen"][b, :len(bx)]
 
         names = tuple(self.attribute_head.classifiers)
         run([r["boxes"] for r in results], "", names)

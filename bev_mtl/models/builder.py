@@ -183,8 +183,11 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
         # its classes are the dataset's gt_labels: the det head's classes without the traffic light
         classes = tuple((heads_cfg.get("det") or {}).get("class_names", DET_CLASSES))
         pcfg = _kwargs(PerspectiveHead, cfg["perspective_head"], "perspective_head",
-                       ("in_channels", "stride", "num_classes"))
-        perspective = PerspectiveHead(image_encoder.out_channels, image_encoder.out_stride, len(classes), **pcfg)
+                       ("in_channels", "stride", "num_classes", "light_class"))
+        # with traffic lights detected, their housings are one more image-space class
+        light = len(classes) if (heads_cfg.get("det") or {}).get("traffic_light", False) else None
+        perspective = PerspectiveHead(image_encoder.out_channels, image_encoder.out_stride,
+                                      len(classes) + (light is not None), light_class=light, **pcfg)
     attribute = None
     if attr_cfg is not None:
         acfg = dict(attr_cfg)

@@ -47,14 +47,19 @@ class PerspectiveHead(nn.Module):
         in_channels: channels C of the image features.
         stride: their stride s in network-input pixels.
         num_classes: K (the detection classes; ``gt_labels`` index them).
+        light_class: a class index for the traffic-light housings (``gt_light_boxes_2d``), or None:
+            lights are small and high, and image-space centres teach the features where they are.
         hidden_channels: width of the shared conv and of each branch.
         min_radius: smallest Gaussian radius in cells.
     """
 
     def __init__(self, in_channels: int, stride: int, num_classes: int, hidden_channels: int = 64,
-                 min_radius: int = 1) -> None:
+                 min_radius: int = 1, light_class: int | None = None) -> None:
         super().__init__()
         self.stride, self.num_classes, self.min_radius = int(stride), int(num_classes), int(min_radius)
+        self.light_class = light_class
+        if light_class is not None and not 0 <= light_class < num_classes:
+            raise ValueError(f"light_class {light_class} is not one of the {num_classes} classes")
         self.shared = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(hidden_channels), nn.ReLU(inplace=True))
         # heatmap bias: CenterNet's prior of 0.1 % positives, so the focal loss starts small
@@ -82,14 +87,17 @@ class PerspectiveHead(nn.Module):
         for b in range(B):
             if not bool(labelled[b]):
                 continue
-            views, labels = batch["gt_boxes_2d"][b], batch["gt_labels"][b]  # [T, 9], [M]
-            for n, m, u, v, d, x1, y1, x2, y2 in views.tolist():
+            views, labels = batch["gt_boxes_2d"][b], batch["gt_labels"][b].tolist()  # [T, 9], [M]
+            rows_b = [(r, labels[int(r[1])]) for r in views.tolist()]
+            if self.light_class is not None and "gt_light_boxes_2d" in batch:
+                rows_b += [(r, self.light_class) for r in batch["gt_light_boxes_2d"][b].tolist()]
+            for (n, m, u, v, d, x1, y1, x2, y2), cls in rows_b:
                 cx, cy = (u + 0.5) / s, (v + 0.5) / s  # centre in feature cells
                 i, j = int(math.floor(cy)), int(math.floor(cx))
                 if not (0 <= i < h and 0 <= j < w) or d <= 0:
                     continue
                 bw, bh = max((x2 - x1) / s, 1e-3), max((y2 - y1) / s, 1e-3)  # 2D box in cells
-                img, cls = b * num_cameras + int(n), int(labels[int(m)])
+                img, cls = b * num_cameras + int(n), int(cls)
                 radius = max(self.min_radius, int(gaussian_radius(bh, bw)))
                 draw_gaussian(heat[img, cls], i, j, radius)
                 rows.append((img, i, j))

@@ -6,7 +6,7 @@ import torch
 
 from bev_mtl.data.dataset import DET_CLASSES, Vocabularies, detection_names
 from bev_mtl.data.sample import Boxes
-from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows
+from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
 from bev_mtl.models.det_head import to_nuscenes
 
 
@@ -63,3 +63,12 @@ def test_emergency_predictions_left_out_of_nuscenes_results() -> None:
     out = to_nuscenes(decoded, np.eye(4), None, DET_CLASSES, vocab.attributes, "tok", skip)
     assert [r["detection_name"] for r in out] == ["car", "pedestrian"]  # the ambulance car is gone
     assert len(to_nuscenes(decoded, np.eye(4), None, DET_CLASSES, vocab.attributes, "tok")) == 3
+
+
+def test_light_recall_and_r_precision() -> None:
+    """4 GT lights; 5 detections (score, matched): threshold 0.3 keeps 3 (2 matched); the 4 best
+    hold 3 matches."""
+    scored = {2.0: [(0.9, True), (0.05, True), (0.5, False), (0.35, True), (0.2, True)]}
+    r = recall_report(scored, 4, 0.3)
+    assert r["predictions"] == 3 and r["recall@2m"] == 0.5 and abs(r["precision@2m"] - 2 / 3) < 1e-9
+    assert r["r_precision@2m"] == 0.75

@@ -93,6 +93,18 @@ def test_unlabelled_samples_give_zero_loss_and_zero_gradient():
     assert rows[:, 0].tolist() == [0, 1] and heat[2:].abs().sum() == 0  # sample 1's images draw nothing
 
 
+def test_light_housings_are_their_own_class():
+    """With ``light_class``, the housings' views (``gt_light_boxes_2d``) are drawn in that channel."""
+    head = PerspectiveHead(in_channels=8, stride=8, num_classes=4, hidden_channels=8, light_class=3)
+    views = torch.tensor([[0, 0, 30.0, 20.0, 12.0, 10.0, 5.0, 50.0, 35.0]])
+    light = torch.tensor([[1, 0, 60.0, 10.0, 20.0, 57.0, 2.0, 63.0, 18.0]])  # camera 1, housing row 0
+    batch = {"gt_boxes_2d": [views], "gt_labels": [torch.tensor([2])], "gt_light_boxes_2d": [light]}
+    heat, rows, _ = head.targets(batch, 2, (6, 10))
+    assert rows.tolist() == [[0, 2, 3], [1, 1, 7]]  # (image, y cell, x cell): the box, then the housing
+    assert heat[0, 2].max() == 1 and heat[1, 3].max() == 1 and heat[1, :3].sum() == 0 and heat[0, 3].sum() == 0
+    assert len(PerspectiveHead(8, 8, 4, 8).targets(batch, 2, (6, 10))[1]) == 1  # no light class: ignored
+
+
 def test_model_runs_it_in_training_only():
     from tests.models.test_bev_mtl_model import fake_batch, model_config
 
