@@ -175,15 +175,7 @@ def test_new_set_replaces_every_member_of_the_old(val_set, previous_set):
     assert results and not any(results.values())  # the new (empty) predictions, not the old ones
 
 
-@pytest.fixture(scope="module")
-def random_ckpt(tmp_path_factory) -> Path:
-    from bev_mtl.models.builder import build_model
-
-    torch.manual_seed(0)
-    model = build_model(to_plain(load_config(CONFIG).to_dict())["model"])
-    path = tmp_path_factory.mktemp("ckpt") / "random.ckpt"
-    atomic_save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, path)
-    return path
+from tests.engine.test_test_tool import random_ckpt  # noqa: E402,F401  a checkpoint of the tiny config
 
 
 def run_test_tool(root: Path, ckpt: Path, out: Path) -> subprocess.CompletedProcess:

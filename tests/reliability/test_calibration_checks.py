@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import pickle
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -160,14 +158,7 @@ def test_tolerances_are_explicit() -> None:
 
 
 # ------------------------------------------------------------------------ create_data: tables
-def _copy_root(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for p in src.iterdir():
-        if p.name == "v1.0-mini":
-            shutil.copytree(p, dst / p.name)
-        else:
-            os.symlink(p, dst / p.name)
-    return dst
+from tests.data.test_nusc_infos import _copy_root  # noqa: E402  tables copied (to be edited), the rest linked
 
 
 def _edit(root: Path, table: str, fn) -> None:
