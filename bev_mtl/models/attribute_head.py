@@ -117,11 +117,18 @@ class ImageAttributeHead(nn.Module):
         classes: attribute name -> number of classes, e.g. ``{"vehicle_type": 10, "blinker": 4}``.
         point_channels: width of each keypoint's projected sample.
         hidden: width of the shared MLP.
+        balance: rows of class c weigh ``(share of c among the labels seen so far) ** -balance``
+            (0: plain cross-entropy; 0.5: square-root inverse frequency). Macro-F1 counts a rare
+            class (a police car among cars, a bendy bus) as much as a common one.
     """
 
     def __init__(self, in_channels: int, classes: Mapping[str, int], point_channels: int = 32,
-                 hidden: int = 128) -> None:
+                 hidden: int = 128, balance: float = 0.5) -> None:
         super().__init__()
+        # class counts seen in training (persistent: a resumed run weighs as the uninterrupted one)
+        self.balance = float(balance)
+        for name, n in classes.items():
+            self.register_buffer(f"seen_{name}", torch.zeros(int(n)))
         if not classes:
             raise ValueError("image attribute head: no attribute to classify")
         K = len(KEYPOINTS)
@@ -166,6 +173,25 @@ class ImageAttributeHead(nn.Module):
         # a camera sees the front face (a traffic light's lenses): its colour is observable at all
         out["front_seen"] = count[..., list(_FRONT)].sum(-1) > 0  # [B, M]
         return out
+
+    def loss(self, out: Mapping[str, Tensor], labels: Mapping[str, Tensor], valid: Tensor) -> dict[str, Tensor]:
+        """``{"loss/det/<name>"}``: class-balanced cross-entropy (``balance``) over the rows with a
+        label (>= 0) that some camera sees (for the light colour: that sees its front face, where
+        the lenses are; from behind or the side the colour is no pixel's fact). Masked by
+        multiplication, so unlabelled batches give exact zeros (same graph every batch)."""
+        losses = {}
+        for name, target in labels.items():  # [B, M] each
+            seen = out["front_seen"] if name == "light" else out["seen"]
+            ok = valid & seen & (target >= 0)  # [B, M]
+            counts = getattr(self, f"seen_{name}")  # [n]
+            if self.training:
+                counts += torch.bincount(target[ok], minlength=len(counts)).to(counts.dtype)
+            share = (counts / counts.sum().clamp(min=1)).clamp(min=1e-3)  # [n]
+            w = share.pow(-self.balance)[target.clamp(min=0)] * ok.float()  # [B, M]
+            logp = torch.log_softmax(out[name].float(), -1)  # [B, M, n]
+            nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # [B, M]
+            losses[f"loss/det/{name}"] = (nll * w).sum() / w.sum().clamp(min=1e-6)
+        return losses
 
 
 class MirroredBlinker(nn.Module):

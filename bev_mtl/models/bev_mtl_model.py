@@ -246,21 +246,11 @@ class BEVMultiTaskModel(nn.Module):
         return out, valid
 
     def attribute_loss(self, batch: Mapping[str, Any], image_feats: Sequence[Tensor]) -> dict[str, Tensor]:
-        """``loss/det/<name>`` of the image attribute head on the GT boxes and light housings:
-        cross-entropy over the rows with a label (>= 0) that some camera sees, masked by
-        multiplication so unlabelled batches give exact zeros (same graph every batch)."""
+        """``loss/det/<name>`` of the image attribute head (``ImageAttributeHead.loss``) on the GT
+        boxes and light housings."""
         boxes, labels = attribute_targets(batch, tuple(self.attribute_head.classifiers))
         out, valid = self.attributes_at(boxes, batch, image_feats)
-        losses = {}
-        for name, target in labels.items():  # [B, M] each
-            target = target.to(valid.device)
-            # a light's colour is on its front face: from behind or the side it is no pixel's fact
-            seen = out["front_seen"] if name == "light" else out["seen"]
-            ok = (valid & seen & (target >= 0)).float()  # [B, M]
-            logp = torch.log_softmax(out[name].float(), -1)  # [B, M, n]
-            nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # [B, M]
-            losses[f"loss/det/{name}"] = (nll * ok).sum() / ok.sum().clamp(min=1.0)
-        return losses
+        return self.attribute_head.loss(out, {k: v.to(valid.device) for k, v in labels.items()}, valid)
 
     def weighted_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``loss``'s terms times their ``loss_weights`` (``depth_weight`` for ``loss/depth``, default 1):
