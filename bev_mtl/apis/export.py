@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from bev_mtl.apis.fuse import fuse_heads
 from bev_mtl.atomic import atomic_path
+from bev_mtl.models.attribute_head import image_maps
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel
 
 __all__ = ["ExportError", "RawOutputs", "flatten_outputs", "eager_raw_outputs", "decode", "fix_rig",
@@ -121,7 +122,7 @@ def decode(model: BEVMultiTaskModel, flat: Mapping[str, np.ndarray | Tensor],
                                  "pix_T_cam, ego_T_cam) as given to the graph")
             given = {k: torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).float()
                      for k, v in inputs.items() if k in ("images", "pix_T_cam", "ego_T_cam")}
-            maps = (tensors["image_feats"], tensors["image_fine"], given["images"].flatten(0, 1) / 255.0 - 0.5)
+            maps = image_maps(tensors["image_feats"], tensors["image_fine"], given["images"].flatten(0, 1))
             model.predict_attributes({"pix_T_cam": given["pix_T_cam"], "ego_T_cam": given["ego_T_cam"]}, maps,
                                       results)
     return results

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KEYPOINTS", "ImageAttributeHead", "box_keypoints", "unaugment_boxes"]
+__all__ = ["KEYPOINTS", "ImageAttributeHead", "box_keypoints", "image_map_channels", "image_maps", "unaugment_boxes"]
 
 # name: (x, y, z) in half-sizes of the box (z of the lamps is replaced by the lamp height), and the
 # faces the point lies on as signs per axis (0 = not on a face of that axis).
@@ -218,6 +218,17 @@ class MirroredBlinker(nn.Module):
         logit_left = self.own(left)[..., 0] + self.other(right)[..., 0]
         logit_right = self.own(right)[..., 0] + self.other(left)[..., 0]
         return torch.stack([off, logit_left, logit_right, hazard], -1)  # [B, M, 4]
+
+
+def image_maps(feats: Tensor, fine: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The maps the head samples, from the neck map, the stride-4 trunk tap and the pixels
+    ``[B*N, 3, H, W]`` (0..255): lamps are 2-6 pixels at 256x96, so the centred RGB itself is one."""
+    return feats, fine, images.float() / 255.0 - 0.5
+
+
+def image_map_channels(feat_channels: int, fine_channels: int) -> int:
+    """``in_channels`` of a head sampling ``image_maps``."""
+    return feat_channels + fine_channels + 3
 
 
 def pad_boxes(boxes: Sequence[Tensor], device: torch.device | str) -> tuple[Tensor, Tensor]:

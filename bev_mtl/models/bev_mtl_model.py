@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bev_mtl.models.attribute_head import ImageAttributeHead, pad_boxes
+from bev_mtl.models.attribute_head import ImageAttributeHead, image_maps, pad_boxes
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.det_head import CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
@@ -205,9 +205,7 @@ class BEVMultiTaskModel(nn.Module):
         outputs["depth"] = depth
         outputs["bev_feat"] = bev_feat
         if self.attribute_head is not None:
-            # the maps the attribute head samples: lamps are 2-6 pixels at 256x96, so the pixels
-            # themselves (centred RGB) next to the stride-4 and neck features
-            outputs["image_feats"] = (feats, fine, images.flatten(0, 1).float() / 255.0 - 0.5)
+            outputs["image_feats"] = image_maps(feats, fine, images.flatten(0, 1))
         if self.perspective_head is not None and self.training:
             outputs["persp"] = self.perspective_head(feats)  # {name: [B*N, n, h, w]}
         return outputs

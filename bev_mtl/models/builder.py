@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from bev_mtl.models.attribute_head import ImageAttributeHead
+from bev_mtl.models.attribute_head import ImageAttributeHead, image_map_channels
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel, DetTask, MapTask
 from bev_mtl.models.det_head import DET_CLASSES, CenterHead
@@ -195,8 +195,8 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
         _check_keys(acfg, _named(ImageAttributeHead, ("in_channels", "classes")), "attribute_head")
         _check_types(acfg, (ImageAttributeHead,), "attribute_head")
         sizes = {n: _attribute_size(heads_cfg["det"], n) for n in names}
-        in_channels = image_encoder.out_channels + image_encoder.fine_channels + 3  # + RGB (BEVMultiTaskModel.forward)
-        attribute = ImageAttributeHead(in_channels, sizes, **acfg)
+        attribute = ImageAttributeHead(image_map_channels(image_encoder.out_channels, image_encoder.fine_channels),
+                                       sizes, **acfg)
     return BEVMultiTaskModel(image_encoder, view_transform, bev_encoder, heads, num_cameras=int(cfg["num_cameras"]),
                              input_size=(W, H), use_depth_supervision=bool(cfg.get("use_depth_supervision", True)),
                              depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bev_mtl.data.augment import transform_boxes
-from bev_mtl.models.attribute_head import KEYPOINTS, ImageAttributeHead, box_keypoints, keypoint_visibility, \
-    pad_boxes, unaugment_boxes
+from bev_mtl.models.attribute_head import KEYPOINTS, ImageAttributeHead, box_keypoints, image_map_channels, \
+    image_maps, keypoint_visibility, pad_boxes, unaugment_boxes
 
 NAMES = [k for k, _, _ in KEYPOINTS]
 
@@ -169,8 +169,8 @@ def blinker_rows(tiny_synthetic, tmp_path_factory):
         with torch.no_grad():
             feats, fine = enc.encode(batch["images"].flatten(0, 1))
         boxes, labels = attribute_targets(batch, ("blinker",))
-        items.append((batch, (feats, fine, batch["images"].flatten(0, 1).float() / 255 - 0.5), boxes, labels["blinker"]))
-    return items, 32 + enc.fine_channels + 3
+        items.append((batch, image_maps(feats, fine, batch["images"].flatten(0, 1)), boxes, labels["blinker"]))
+    return items, image_map_channels(32, enc.fine_channels)
 
 
 def test_lamp_keypoints_see_the_lit_side(blinker_rows) -> None:
