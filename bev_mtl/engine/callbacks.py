@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from bev_mtl.atomic import atomic_path, atomic_write_text
 from bev_mtl.engine.checkpoint import atomic_save, load_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "ResumableCSVLogger", "ResumeSync", "SaveConfig"]
+__all__ = ["AtomicCheckpointIO", "ResumableCSVLogger", "ResumeSync", "SaveConfig", "TrainClock"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -154,3 +155,40 @@ class SaveConfig(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             atomic_write_text(self.path, self.text)
+
+
+class TrainClock(L.Callback):
+    """Wall-clock minutes spent training, without validation and start-up, logged with every
+    validation as ``time/train_min`` (the x axis of a learning curve against compute). Kept in
+    the checkpoint, so a resumed run continues the count of the interrupted one."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    def _lap(self) -> None:
+        if self._since is not None:
+            now = time.monotonic()
+            self.seconds += now - self._since
+            self._since = now
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._since = time.monotonic()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._lap()
+        self._since = None  # validation does not count
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("time/train_min", self.seconds / 60.0, batch_size=1, rank_zero_only=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":  # back to training (a stand-alone validate() has no clock)
+            self._since = time.monotonic()
+
+    def state_dict(self) -> dict[str, float]:
+        self._lap()
+        return {"train_seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = float(state_dict.get("train_seconds", 0.0))

@@ -14,7 +14,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bev_mtl.atomic import check_writable, remove_stale_temps
 from bev_mtl.data.builder import build_dataset, check_data_cfg
-from bev_mtl.engine.callbacks import AtomicCheckpointIO, RankConsistency, ResumableCSVLogger, ResumeSync, SaveConfig
+from bev_mtl.engine.callbacks import AtomicCheckpointIO, RankConsistency, ResumableCSVLogger, ResumeSync, SaveConfig, \
+    TrainClock
 from bev_mtl.engine.config import config_errors, load_config, to_plain
 from bev_mtl.engine.guards import check_training_labels
 from bev_mtl.engine.lit_module import BEVMTLModule
@@ -106,7 +107,7 @@ def _make_trainer(args: argparse.Namespace, train_cfg: dict, work_dir: Path, det
         ResumeSync(), RankConsistency(work_dir), SaveConfig(config_text, work_dir / "config.py"),
         ModelCheckpoint(dirpath=work_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=ckpt_every, save_last=True, save_top_k=0),
-        LearningRateMonitor(logging_interval="step"),
+        LearningRateMonitor(logging_interval="step"), TrainClock(),
     ]
     val_every = int(train_cfg.get("val_every_steps", 0))
     if val_every > 0:

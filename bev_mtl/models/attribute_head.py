@@ -22,13 +22,15 @@ the lamps apart at the demo's 256x96 input, where a lamp is 2-6 pixels (docs/des
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KEYPOINTS", "ImageAttributeHead", "box_keypoints", "image_map_channels", "image_maps", "unaugment_boxes"]
+__all__ = ["KEYPOINTS", "ImageAttributeHead", "box_keypoints", "image_map_channels", "image_maps", "jitter_boxes",
+           "unaugment_boxes"]
 
 # name: (x, y, z) in half-sizes of the box (z of the lamps is replaced by the lamp height), and the
 # faces the point lies on as signs per axis (0 = not on a face of that axis).
@@ -120,11 +122,28 @@ class ImageAttributeHead(nn.Module):
         balance: rows of class c weigh ``(share of c among the labels seen so far) ** -balance``
             (0: plain cross-entropy; 0.5: square-root inverse frequency). Macro-F1 counts a rare
             class (a police car among cars, a bendy bus) as much as a common one.
+        jitter_xy / jitter_yaw / jitter_size / flip_prob: in training, the head also learns on a
+            copy of the GT boxes moved as a detector's boxes are (centre noise in metres, heading
+            noise in radians, log-size noise, the heading turned by pi with this probability:
+            ``jitter_boxes``). At inference it reads decoded boxes, whose lamp keypoints miss the
+            lamps by the detector's error and swap sides when its heading is reversed; a head
+            trained on exact boxes only never learns to tell a tail lamp from a head lamp.
+            All 0: exact boxes only.
+        jitter_attributes: the attributes that also learn on the moved copies (None: all).
     """
 
     def __init__(self, in_channels: int, classes: Mapping[str, int], point_channels: int = 32,
-                 hidden: int = 128, balance: float = 0.5) -> None:
+                 hidden: int = 128, balance: float = 0.5, jitter_xy: float = 0.0, jitter_yaw: float = 0.0,
+                 jitter_size: float = 0.0, flip_prob: float = 0.0,
+                 jitter_attributes: Sequence[str] | None = None) -> None:
         super().__init__()
+        self.jitter = dict(xy=float(jitter_xy), yaw=float(jitter_yaw), size=float(jitter_size), flip=float(flip_prob))
+        if min(self.jitter.values()) < 0 or self.jitter["flip"] > 1:
+            raise ValueError(f"attribute_head jitter must be >= 0 (flip_prob <= 1), got {self.jitter}")
+        self.jitter_attributes = tuple(classes) if jitter_attributes is None else tuple(jitter_attributes)
+        if set(self.jitter_attributes) - set(classes):
+            raise ValueError(f"attribute_head.jitter_attributes {sorted(set(self.jitter_attributes) - set(classes))} "
+                             f"are not among the attributes {sorted(classes)}")
         # class counts seen in training (persistent: a resumed run weighs as the uninterrupted one)
         self.balance = float(balance)
         for name, n in classes.items():
@@ -218,6 +237,22 @@ class MirroredBlinker(nn.Module):
         logit_left = self.own(left)[..., 0] + self.other(right)[..., 0]
         logit_right = self.own(right)[..., 0] + self.other(left)[..., 0]
         return torch.stack([off, logit_left, logit_right, hazard], -1)  # [B, M, 4]
+
+
+def jitter_boxes(boxes: Tensor, xy: float, yaw: float, size: float, flip: float,
+                 may_flip: Tensor | None = None) -> Tensor:
+    """``[M, 9]`` boxes moved as a detector's are: centre + N(0, xy) m per axis, heading +
+    N(0, yaw) rad and turned by pi with probability ``flip`` (only rows where ``may_flip`` [M]),
+    sizes times exp(N(0, size)). Velocities are kept."""
+    out = boxes.clone()
+    M = len(boxes)
+    out[:, :2] += torch.randn(M, 2, device=boxes.device) * xy
+    out[:, 3:6] *= torch.exp(torch.randn(M, 3, device=boxes.device) * size)
+    turn = torch.rand(M, device=boxes.device) < flip
+    if may_flip is not None:
+        turn &= may_flip.to(boxes.device)
+    out[:, 6] += torch.randn(M, device=boxes.device) * yaw + turn.float() * math.pi
+    return out
 
 
 def image_maps(feats: Tensor, fine: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bev_mtl.models.attribute_head import ImageAttributeHead, image_maps, pad_boxes
+from bev_mtl.models.attribute_head import ImageAttributeHead, image_maps, jitter_boxes, pad_boxes
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.det_head import CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
@@ -246,9 +246,22 @@ class BEVMultiTaskModel(nn.Module):
     def attribute_loss(self, batch: Mapping[str, Any], image_feats: Sequence[Tensor]) -> dict[str, Tensor]:
         """``loss/det/<name>`` of the image attribute head (``ImageAttributeHead.loss``) on the GT
         boxes and light housings."""
-        boxes, labels = attribute_targets(batch, tuple(self.attribute_head.classifiers))
+        head = self.attribute_head
+        boxes, labels = attribute_targets(batch, tuple(head.classifiers))
         out, valid = self.attributes_at(boxes, batch, image_feats)
-        return self.attribute_head.loss(out, {k: v.to(valid.device) for k, v in labels.items()}, valid)
+        labels = {k: v.to(valid.device) for k, v in labels.items()}
+        losses = head.loss(out, labels, valid)
+        if self.training and any(head.jitter.values()) and head.jitter_attributes:
+            # the same rows again as a detector would place them (ImageAttributeHead's jitter_*);
+            # a light housing keeps its heading: the colour is only seen on its front face
+            lights = labels["light"] if "light" in labels else None
+            moved = [jitter_boxes(bx, **head.jitter, may_flip=None if lights is None else lights[b, :len(bx)] < 0)
+                     for b, bx in enumerate(boxes)]
+            out, valid = self.attributes_at(moved, batch, image_feats)
+            names = {f"loss/det/{n}" for n in head.jitter_attributes}
+            more = head.loss(out, {k: v for k, v in labels.items() if k in head.jitter_attributes}, valid)
+            losses = {k: (v + more[k]) / 2 if k in names else v for k, v in losses.items()}
+        return losses
 
     def weighted_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``loss``'s terms times their ``loss_weights`` (``depth_weight`` for ``loss/depth``, default 1):

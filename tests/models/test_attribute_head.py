@@ -10,7 +10,7 @@ import torch
 
 from bev_mtl.data.augment import transform_boxes
 from bev_mtl.models.attribute_head import KEYPOINTS, ImageAttributeHead, box_keypoints, image_map_channels, \
-    image_maps, keypoint_visibility, pad_boxes, unaugment_boxes
+    image_maps, jitter_boxes, keypoint_visibility, pad_boxes, unaugment_boxes
 
 NAMES = [k for k, _, _ in KEYPOINTS]
 
@@ -84,15 +84,39 @@ def test_self_occlusion_and_image_bounds() -> None:
     assert not seen.any()
 
 
-def test_partial_labels_give_exact_zero() -> None:
-    """Rows without a label (-1) contribute nothing: the loss is 0 and no gradient reaches the head."""
+def test_jitter_moves_boxes_as_a_detector_and_keeps_light_headings() -> None:
+    """Training copies of the GT rows: centre / heading / size noise of the stated spread, the
+    heading reversed on about ``flip`` of the rows, never on rows that may not flip (lights)."""
+    torch.manual_seed(0)
+    boxes = torch.tensor([[10.0, 5.0, 1.0, 4.0, 2.0, 1.6, 0.3, 1.0, 2.0]]).repeat(4000, 1)
+    may = torch.arange(4000) % 2 == 0
+    out = jitter_boxes(boxes, xy=0.5, yaw=0.1, size=0.1, flip=0.3, may_flip=may)
+    d = out - boxes
+    assert abs(float(d[:, :2].std()) - 0.5) < 0.03 and float(d[:, 2].abs().max()) == 0.0
+    assert torch.equal(out[:, 7:], boxes[:, 7:])  # velocities kept
+    turn = (d[:, 6] - math.pi).abs() < 0.6
+    assert abs(float(turn[may].float().mean()) - 0.3) < 0.03 and not turn[~may].any()
+    assert abs(float(d[~turn, 6].std()) - 0.1) < 0.01
+    assert abs(float((out[:, 3:6] / boxes[:, 3:6]).log().std()) - 0.1) < 0.01
+    with pytest.raises(ValueError, match="jitter"):
+        ImageAttributeHead(8, {"blinker": 4}, flip_prob=1.5)
+    with pytest.raises(ValueError, match=r"jitter_attributes \['light'\] are not among"):
+        ImageAttributeHead(8, {"blinker": 4}, jitter_attributes=["light"])
+
+
+@pytest.mark.parametrize("jitter", [{}, {"jitter_xy": 0.5, "flip_prob": 0.5},
+                                    {"jitter_xy": 0.5, "jitter_attributes": ["vehicle_type"]}])
+def test_partial_labels_give_exact_zero(jitter) -> None:
+    """Rows without a label (-1) contribute nothing: the loss is 0 and no gradient reaches the head
+    (also on the jittered training copies of the rows)."""
     from conftest import tiny_model_dict
     from bev_mtl.models.builder import build_model
     from tests.models.test_bev_mtl_model import fake_batch
 
     cfg = tiny_model_dict()
     cfg["heads"]["det"]["traffic_light"] = True
-    cfg["attribute_head"] = {"attributes": ["vehicle_type", "blinker", "light"], "point_channels": 8, "hidden": 16}
+    cfg["attribute_head"] = {"attributes": ["vehicle_type", "blinker", "light"], "point_channels": 8, "hidden": 16,
+                             **jitter}
     torch.manual_seed(0)
     model = build_model(cfg)
     assert set(model.heads["det"].head.sub_heads) == {"attr"}
