@@ -34,6 +34,7 @@ from bev_mtl.models.det_head import DET_CLASSES, CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
 from bev_mtl.models.map_head import MapHead
 from bev_mtl.models.perspective_head import PerspectiveHead
+from bev_mtl.models.camera_depth import CameraAwareDepth
 from bev_mtl.models.view_transform import BEVGrid, DepthBins, LiftSplat
 
 __all__ = ["HEADS", "build_model", "register_head"]
@@ -157,12 +158,13 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
     image_encoder = ImageEncoder(**enc_cfg)
 
     vt = dict(cfg["view_transform"])
-    _check_keys(vt, ("out_channels", "grid", "depth_bins", "head_kernel"), "view_transform")
+    _check_keys(vt, ("out_channels", "grid", "depth_bins", "head_kernel", "camera_aware_depth"), "view_transform")
     grid = _grid(vt.get("grid", {}), "view_transform.grid")
     bins = DepthBins(**_kwargs(DepthBins, vt.get("depth_bins", {}), "view_transform.depth_bins"))
     vt_out = int(vt.get("out_channels", 64))
     view_transform = LiftSplat(image_encoder.out_channels, vt_out, (H, W), grid=grid, depth_bins=bins,
-                               head_kernel=vt.get("head_kernel", 1))
+                               head_kernel=vt.get("head_kernel", 1),
+                               depth_correction=_camera_depth(vt, image_encoder.out_channels, bins))
 
     bev_cfg = _kwargs(BEVEncoder, cfg["bev_encoder"], "bev_encoder", ("in_channels",))
     bev_encoder = BEVEncoder(vt_out, **bev_cfg)
@@ -201,6 +203,20 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
                              input_size=(W, H), use_depth_supervision=bool(cfg.get("use_depth_supervision", True)),
                              depth_weight=float(cfg.get("depth_weight", 1.0)), loss_weights=cfg.get("loss_weights"),
                              perspective_head=perspective, attribute_head=attribute)
+
+
+def _camera_depth(vt: Mapping[str, Any], in_channels: int, bins: DepthBins) -> CameraAwareDepth | None:
+    """``view_transform.camera_aware_depth``: False / None (LSS's depth net), True, or a dict of
+    ``CameraAwareDepth`` arguments (``hidden``)."""
+    spec = vt.get("camera_aware_depth")
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"view_transform.camera_aware_depth must be a bool or a dict, got {spec!r}")
+    return CameraAwareDepth(in_channels, bins.num, **_kwargs(CameraAwareDepth, spec, "view_transform.camera_aware_depth",
+                                                             ("in_channels", "num_bins")))
 
 
 IMAGE_ATTRIBUTES = ("vehicle_type", "blinker", "light")

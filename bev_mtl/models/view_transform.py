@@ -346,13 +346,17 @@ class LiftSplat(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, image_hw: tuple[int, int], grid: BEVGrid | None = None,
-                 depth_bins: DepthBins | None = None, head_kernel: Literal[1, 3] = 1) -> None:
+                 depth_bins: DepthBins | None = None, head_kernel: Literal[1, 3] = 1,
+                 depth_correction: nn.Module | None = None) -> None:
         super().__init__()
         self.grid, self.depth_bins = grid or BEVGrid(), depth_bins or DepthBins()
         self.out_channels = out_channels
         # one head for both: depth logits and context share the pixel's evidence (LSS's depthnet)
         self.depth_net = nn.Conv2d(in_channels, self.depth_bins.num + out_channels, head_kernel,
                                    padding=head_kernel // 2)
+        # optional (x, pix_T_cam, ego_T_cam, image_hw) -> [B*N, D, h, w] added to the depth logits,
+        # e.g. camera_depth.CameraAwareDepth (the ray geometry of every pixel)
+        self.depth_correction = depth_correction
         self.pool = BEVPool(self.grid, self.depth_bins, image_hw)
 
     def forward(self, x: Tensor, pix_T_cam: Tensor | None, ego_T_cam: Tensor | None,
@@ -363,7 +367,11 @@ class LiftSplat(nn.Module):
         D, C, (h, w) = self.depth_bins.num, self.out_channels, x.shape[-2:]
         N = x.shape[0] // B
         y = self.depth_net(x)  # [B*N, D + C, h, w]
-        depth = y[:, :D].softmax(dim=1).view(B, N, D, h, w)  # [B, N, D, h, w] categorical depth per pixel
+        logits = y[:, :D]
+        if self.depth_correction is not None:
+            rig = (pix_T_cam, ego_T_cam) if pix_T_cam is not None else (self.pool.rig_pix_T_cam, self.pool.rig_ego_T_cam)
+            logits = logits + self.depth_correction(x, *rig, self.pool.image_hw)
+        depth = logits.softmax(dim=1).view(B, N, D, h, w)  # [B, N, D, h, w] categorical depth per pixel
         feat = y[:, D:].view(B, N, C, h, w)  # [B, N, C, h, w] context
         bev = self.pool(depth, feat, pix_T_cam, ego_T_cam, bev_aug)  # [B, C, X, Y]
         return bev, depth

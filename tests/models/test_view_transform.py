@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from bev_mtl.models.camera_depth import CameraAwareDepth
 from bev_mtl.models.view_transform import (BEVGrid, BEVPool, DepthBins, LiftSplat, bev_pool, bev_pool_dense,
                                            bev_pool_index_add, build_pool_plan, cell_index, depth_loss,
                                            frustum_points)
@@ -252,16 +253,21 @@ def test_liftsplat_shapes_and_depth_loss() -> None:
         depth_loss(depth, target[..., :4, :11], model.depth_bins)
 
 
-@pytest.mark.parametrize("fixed", [True, False])
-def test_onnx_export_parity(fixed: bool, tmp_path) -> None:
+@pytest.mark.parametrize("fixed, camera_aware", [(True, False), (False, False), (True, True), (False, True)])
+def test_onnx_export_parity(fixed: bool, camera_aware: bool, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
     H, W = 64, 128
     pix, ego = rig_tensors("nuscenes6", image_hw=(H, W))
     pix, ego, aug = pix.float(), ego.float(), bev_aug_matrix(20.0, t=(1.0, 0.0, 0.0))[None].float()
-    model = LiftSplat(8, 4, (H, W), BEVGrid((-20.0, 20.0), (-20.0, 20.0), (-3.0, 3.0), 1.0),
-                      DepthBins(2.0, 26.0, 3.0), head_kernel=3).eval()
+    bins = DepthBins(2.0, 26.0, 3.0)
+    correction = None
+    if camera_aware:  # the ray geometry in the graph (from its inputs, or the fixed rig's constants)
+        correction = CameraAwareDepth(8, bins.num, hidden=8)
+        torch.nn.init.normal_(correction.mlp[-1].weight)  # not the zero start: the term must matter
+    model = LiftSplat(8, 4, (H, W), BEVGrid((-20.0, 20.0), (-20.0, 20.0), (-3.0, 3.0), 1.0), bins, head_kernel=3,
+                      depth_correction=correction).eval()
     x = torch.randn(6, 8, 4, 8)
     if fixed:
         model.fix_rig(pix, ego, aug, (4, 8))
