@@ -1,6 +1,6 @@
 """What real-nuScenes users do first, on the synthetic world: mmdetection3d infos end to end
-(create_data.py --out-format mmdet3d -> train.py -> test.py -> a results JSON the devkit accepts)
-and a submission (test.py --format-only) of a split without ground truth."""
+(create_data.py --out-format mmdet3d -> train.py -> test.py -> a results JSON the devkit accepts;
+visualize.py), and a submission (test.py --format-only) of a split without ground truth."""
 from __future__ import annotations
 
 import json
@@ -98,3 +98,10 @@ def test_format_only_writes_every_sample_of_a_split_without_ground_truth(mm_root
     assert sub["meta"] == META
     assert sum(len(v) for v in sub["results"].values()) > 0
     assert sorted(p.name for p in out.iterdir()) == ["results_nusc.json"]
+
+
+def test_visualize_reads_mmdet3d_infos(mm_root, trained, tmp_path):
+    res = run(TOOL("visualize.py") + [CONFIG, "--ckpt", str(trained), "--samples", "1", "--out", str(tmp_path / "vis"),
+                                      "--cfg-options", f"data.root={mm_root}", "data.info_format=mmdet3d"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert list((tmp_path / "vis").rglob("*.png"))
