@@ -5,6 +5,8 @@
 dict is a ``SampleInfo`` (see ``sample.py``) in plain-dict form. ``metainfo`` holds
 ``format == "bev_mtl_infos"`` and ``info_version``; ``load_infos`` refuses anything else with an
 error naming the file and the field (a wrong info version silently shifts every box otherwise).
+With ``out_format='mmdet3d'`` the same keyframes go to mmdetection3d v1.1 files instead
+(``mmdet3d_writer.py``); ``infos.read_infos`` reads either format.
 
 File paths are stored relative to the dataset root (info version 2), so a dataset moved or copied
 with its info files reads everything from where it is now: the root given at run time
@@ -35,6 +37,7 @@ from bev_mtl.atomic import atomic_paths, check_writable, remove_stale_temps
 from .calibration import check_intrinsics, check_quaternion, check_rigid
 from .errors import DataError  # noqa: F401  (its historical home: importing it from here keeps working)
 from .geometry import make_T
+from .mmdet3d_writer import write_mmdet3d_set
 from .sample import Boxes, CameraInfo, SampleInfo, TrafficLights
 from .splits import available_splits, check_out_format, default_splits, info_file_name, pick_splits  # noqa: F401
 
@@ -378,8 +381,6 @@ def create_infos(dataroot: str | os.PathLike, version: str, out_dir: str | os.Pa
         "version": version, "split": split, "cameras": channels, "has_extra": bool(extra), "skipped": skipped})
         for split, (samples, skipped) in built.items()}
     if out_format == "mmdet3d":
-        from .mmdet3d_writer import write_mmdet3d_set
-
         write_mmdet3d_set(files, root, version, nusc)
     else:
         write_info_set(files, root)
