@@ -8,9 +8,12 @@ writes a synthetic driving world in the exact nuScenes on-disk format (13 tables
 expansion, camera JPEGs, LiDAR sweeps, splits.json and the bev_mtl_extra.json sidecar).
 
     python tools/create_data.py nuscenes --root data/nuscenes --version v1.0-trainval
+    python tools/create_data.py nuscenes --root data/nuscenes --out-format mmdet3d
 
-writes one checked info file per split (bev_mtl_infos_<split>.pkl) for any nuScenes-format
-root, the synthetic world included.
+writes one checked info file per split for any nuScenes-format root, the synthetic world
+included: bev_mtl_infos_<split>.pkl, or with --out-format mmdet3d mmdetection3d v1.1 infos
+(nuscenes_infos_<split>.pkl, v1.0-mini's mini_train / mini_val as _train / _val, as mmdetection3d
+names them) that mmdetection3d reads and bev-mtl too (data.info_format).
 """
 from __future__ import annotations
 
@@ -57,16 +60,22 @@ def _add_synthetic(sub) -> None:
 def _add_nuscenes(sub) -> None:
     p = sub.add_parser(
         "nuscenes", help="write info files for a nuScenes-format root",
-        description="Write bev_mtl_infos_<split>.pkl per split for a nuScenes-format dataroot (real nuScenes or "
-                    "the synthetic world): poses, cameras, boxes in the global frame, attributes, sidecar labels. "
-                    "Splits come from <root>/<version>/splits.json if present, else the devkit's splits for the "
-                    "version. Every sample is checked (cameras, image files, calibration, box sizes).",
+        description="Write one info file per split for a nuScenes-format dataroot (real nuScenes or the synthetic "
+                    "world): poses, cameras, boxes, attributes, sidecar labels. Splits come from "
+                    "<root>/<version>/splits.json if present, else the devkit's splits for the version (--splits "
+                    "picks others, e.g. mini_train mini_val of a synthetic v1.0-mini world). Every sample is checked "
+                    "(cameras, image files, calibration, box sizes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--root", type=Path, required=True, help="nuScenes-format dataroot")
     p.add_argument("--version", default=None, help="table folder, e.g. v1.0-trainval (default: the only v1.0-* folder)")
     p.add_argument("--extra", type=Path, default=None,
                    help="sidecar label file (default: <root>/<version>/bev_mtl_extra.json if present)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --root)")
+    p.add_argument("--out-format", choices=["bev_mtl", "mmdet3d"], default="bev_mtl",
+                   help="bev_mtl_infos_<split>.pkl, or mmdetection3d v1.1 infos nuscenes_infos_<split>.pkl (bev-mtl's "
+                        "extra labels kept under the key 'bev_mtl', which mmdetection3d ignores)")
+    p.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                   help="write these splits (from splits.json or the devkit's for the version) instead of the default set")
     p.add_argument("--skip-bad", action="store_true", help="skip samples that fail the checks (counted) instead of failing")
     p.add_argument("--no-image-check", action="store_true", help="do not open image files (faster on slow disks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -81,8 +90,8 @@ def run_nuscenes(args: argparse.Namespace) -> int:
         if len(found) != 1:
             raise ValueError(f"{args.root}: pass --version (found table folders: {found or 'none'})")
         version = found[0]
-    res = create_infos(args.root, version, args.out, args.extra, check_images=not args.no_image_check,
-                       skip_bad=args.skip_bad, progress=not args.no_progress)
+    res = create_infos(args.root, version, args.out, args.extra, splits=args.splits, check_images=not args.no_image_check,
+                       skip_bad=args.skip_bad, progress=not args.no_progress, out_format=args.out_format)
     for split, (path, n, skipped) in res.items():
         print(f"{split}: {n} samples -> {path}" + (f" ({len(skipped)} skipped)" if skipped else ""))
         for reason in skipped[:10]:

@@ -85,25 +85,37 @@ def calibration_from_json(path: str | Path, input_size: tuple[int, int], data_cf
     return b["pix_T_cam"], b["ego_T_cam"]
 
 
+def _image_size(path: str) -> tuple[int, int]:
+    """(W, H) of an image file: mmdetection3d infos may not store the size."""
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"--fixed-rig-from-data: cannot read image {path}")
+    return img.shape[1], img.shape[0]
+
+
 def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """The rig of the first validation sample of the config's dataset (cameras in data.cameras order)."""
+    from bev_mtl.data.builder import ensure_infos
     from bev_mtl.data.geometry import inv_T
-    from bev_mtl.data.nusc_infos import load_infos
+    from bev_mtl.data.infos import read_infos
 
-    path = Path(data_cfg["root"]) / f"bev_mtl_infos_{data_cfg['val_split']}.pkl"
-    _, samples = load_infos(path)
+    path = ensure_infos(data_cfg, data_cfg["val_split"])  # either info format (data.info_format)
+    _, samples = read_infos(path, data_cfg["root"], data_cfg.get("info_format", "auto"))
     s = samples[0]
     by_channel = {c.channel: c for c in s.cameras}
     cams = [by_channel[c] for c in data_cfg["cameras"]]
     key_T_global = inv_T(s.global_T_ego)
     ego = np.stack([key_T_global @ c.global_T_ego @ c.ego_T_cam for c in cams])  # [N, 4, 4] as the dataset does
-    images = [np.zeros((c.size[1], c.size[0], 3), np.uint8) for c in cams]
+    sizes = [c.size if c.size[0] else _image_size(c.image_path) for c in cams]
+    images = [np.zeros((h, w, 3), np.uint8) for w, h in sizes]
     try:  # the Predictor's checks: the baked-in rig must be one it would accept
         b = preprocess(images, np.stack([c.pix_T_cam for c in cams]), ego, input_size,
                        AugmentConfig.from_dict(data_cfg.get("augment")).image, data_cfg["cameras"])
     except ValueError as e:
         raise DataError(f"--fixed-rig-from-data {path} sample {s.token}: {e}") from None
-    print(f"fixed rig from {path} sample {s.token} ({cams[0].size[0]}x{cams[0].size[1]} images)")
+    print(f"fixed rig from {path} sample {s.token} ({sizes[0][0]}x{sizes[0][1]} images)")
     return b["pix_T_cam"], b["ego_T_cam"]
 
 

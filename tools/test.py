@@ -16,6 +16,18 @@ nuScenes attribute) on labelled GT objects matched to a prediction of the same c
 
 --onnx FILE scores an exported graph instead (ONNX Runtime, one sample per run, decoded in
 PyTorch as in deployment): e.g. the accuracy cost of tools/export.py --int8.
+
+--format-only (mmdetection3d's name) writes only results_nusc.json, nothing evaluated: the
+submission of a split without ground truth (the nuScenes test split):
+
+    python tools/test.py CONFIG CKPT --split test --format-only --out work_dirs/submission \
+        --cfg-options data.root=data/nuscenes-test data.version=v1.0-test
+
+It holds every sample token of the split (checked against the tables when they are at hand; a
+sample the info file lacks gets an empty list, with a warning) and the meta flags the nuScenes
+rules ask for, derived from the config and printed with the reason for each (e.g. use_map for a
+model trained with a map head; bev_mtl/engine/submission.py); --meta FLAG=true|false overrides
+one. Evaluating a split that has no ground-truth boxes is an error that points to --format-only.
 """
 from __future__ import annotations
 
@@ -43,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--onnx", default=None, help="evaluate this exported graph (tools/export.py, e.g. --int8) in "
                    "ONNX Runtime instead of the eager model; the checkpoint still provides the decode step")
+    p.add_argument("--format-only", action="store_true",
+                   help="write the submission file results_nusc.json (every sample of the split, meta flags) "
+                        "without evaluating: for splits without ground truth such as the nuScenes test split")
+    p.add_argument("--meta", nargs="+", default=[], metavar="FLAG=BOOL",
+                   help="override submission meta flags, e.g. use_external=false (default: derived from the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -58,6 +75,48 @@ def _onnx_predict(model, onnx, batch) -> list:
     return out
 
 
+def check_evaluable(dataset, model, split: str) -> None:
+    """A split without ground-truth boxes (the nuScenes test split) cannot be evaluated: say so
+    before inference, and what to run instead."""
+    from bev_mtl.engine.submission import has_ground_truth
+
+    if "det" in model.heads and not has_ground_truth(dataset.samples):
+        raise ValueError(f"split {split!r} has no ground-truth boxes in its {len(dataset)} samples: there is nothing "
+                         f"to evaluate. To write the submission file (results_nusc.json) without evaluating, as for "
+                         f"the nuScenes test split, pass --format-only")
+
+
+def format_only(evaluator, cfg: dict, split: str, reasons: list[str], max_samples: int, infer_s: float) -> int:
+    """Write the submission (every sample of the split) instead of evaluating."""
+    from bev_mtl.data.builder import find_version
+    from bev_mtl.engine.submission import split_sample_tokens
+
+    data = cfg["data"]
+    expected = split_sample_tokens(data["root"], find_version(data["root"], data.get("version", "auto")), split)
+    missing = sorted(expected - set(evaluator.results)) if expected is not None else []
+    if expected is None:
+        print(f"note: no tables name split {split!r} under {data['root']}: the file holds the info file's samples")
+    elif max_samples and missing:
+        print(f"warning: --max-samples {max_samples}: {len(missing)} samples of {split!r} are left out; "
+              f"this is not a complete submission")
+        missing = []
+    elif missing:
+        print(f"warning: {len(missing)} samples of {split!r} are not in its info file (skipped on creation?), "
+              f"e.g. {missing[0]}; they get empty predictions", file=sys.stderr)
+    try:
+        path = evaluator.write_submission(missing)
+    except OSError as e:
+        print(f"error: {e} (previous results in {evaluator.out_dir} unchanged)", file=sys.stderr)
+        return 2
+    print(f"inference: {len(evaluator.results) - len(missing)} samples in {infer_s:.1f} s; nothing evaluated "
+          f"(--format-only)")
+    print(f"meta: {evaluator.meta}")
+    for reason in reasons:
+        print(f"  {reason}")
+    print(f"written: {path} ({len(evaluator.results)} samples)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -69,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from bev_mtl.engine.config import config_errors, load_config, to_plain
     from bev_mtl.engine.evaluation import RESULT_SET, Evaluator
     from bev_mtl.engine.loader import make_loader
+    from bev_mtl.engine.submission import parse_meta, submission_meta
     from bev_mtl.models.builder import build_model
 
     try:
@@ -84,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset = build_dataset(cfg["model"], data, split, train=False)
         dataset.limit(args.max_samples)
         evaluator = Evaluator.from_config(cfg, split, out)
+        evaluator.meta, reasons = submission_meta(cfg, parse_meta(args.meta))
         evaluator.set_samples(dataset.samples)
+        if not args.format_only:
+            check_evaluable(dataset, model, split)
         onnx = None
         if args.onnx:
             from bev_mtl.apis.export import OnnxModel
@@ -110,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_dev = {k: (v.to(args.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             evaluator.process(batch, model.predict(batch_dev) if onnx is None else _onnx_predict(model, onnx, batch))
     infer_s = time.time() - t0
+    if args.format_only:
+        return format_only(evaluator, cfg, split, reasons, args.max_samples, infer_s)
     print(f"inference: {len(dataset)} samples in {infer_s:.1f} s; running the nuScenes evaluation ...")
     try:
         evaluator.evaluate()

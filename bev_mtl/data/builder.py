@@ -1,8 +1,11 @@
 """Datasets from a config's ``data`` and ``model`` sections (the registry boundary for data).
 
 Input size, detection range and map grid are read from the model section, so one edit changes
-both sides; ``data`` says where the data is and how to load it. Info files are created on
-first use (``bev_mtl_infos_<split>.pkl`` in the dataroot) and reused afterwards.
+both sides; ``data`` says where the data is and how to load it. Info files (``info_path``):
+``data.info_files[split]`` if given; else with ``data.info_format`` 'bev_mtl' / 'mmdet3d'
+``bev_mtl_infos_<split>.pkl`` / mmdetection3d's ``nuscenes_infos_<split>.pkl`` in the dataroot;
+with 'auto' (default) ours if present, else mmdetection3d's if present. A missing one is created
+on first use in that format (ours under 'auto'), with the default splits and the config's.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from .augment import AugmentConfig
 from .dataset import DET_CLASSES, MultiViewDataset
 from .map_targets import MapTargetConfig
 from .nusc_infos import DataError, create_infos
+from .splits import info_file_name
 
 __all__ = ["DATA_KEYS", "build_dataset", "ensure_infos", "find_version", "info_path"]
 
@@ -49,18 +53,38 @@ def find_version(root: str | os.PathLike, version: str = "auto") -> str:
     return found[0]
 
 
-def info_path(root: str | os.PathLike, split: str) -> Path:
-    return Path(root) / f"bev_mtl_infos_{split}.pkl"
+def info_path(root: str | os.PathLike, split: str, data: Mapping[str, Any] | None = None) -> Path:
+    """The info file of ``split`` under ``root`` that ``data`` (the config's section) names (module
+    docstring); it may not exist yet."""
+    return _info_location(root, split, data or {})[0]
+
+
+def _info_location(root: str | os.PathLike, split: str, data: Mapping[str, Any]) -> tuple[Path, str | None]:
+    """(path, format to create it in if missing; None: a file named by data.info_files)."""
+    root = Path(root)
+    named = (data.get("info_files") or {}).get(split)
+    if named is not None:
+        return (Path(named) if Path(named).is_absolute() else root / named), None
+    fmt = data.get("info_format", "auto")
+    if fmt != "auto":
+        return root / info_file_name(split, fmt), fmt
+    ours, theirs = root / info_file_name(split, "bev_mtl"), root / info_file_name(split, "mmdet3d")
+    return (theirs, "mmdet3d") if theirs.is_file() and not ours.is_file() else (ours, "bev_mtl")
 
 
 def ensure_infos(data: Mapping[str, Any], split: str, progress: bool = False) -> Path:
-    """The info file of ``split`` under ``data.root``, created (all splits at once) if missing."""
-    path = info_path(data["root"], split)
-    if not path.is_file():
-        version = find_version(data["root"], data.get("version", "auto"))
-        made = create_infos(data["root"], version, progress=progress)
-        if split not in made:
-            raise DataError(f"{data['root']}: split {split!r} not found; the dataset has splits {sorted(made)}")
+    """The info file of ``split`` under ``data.root``, created (with the default splits and the
+    config's) if missing."""
+    path, fmt = _info_location(data["root"], split, data)
+    if path.is_file():
+        return path
+    if fmt is None:
+        raise DataError(f"info file of split {split!r} not found: {path} (data.info_files.{split})")
+    version = find_version(data["root"], data.get("version", "auto"))
+    made = create_infos(data["root"], version, progress=progress, out_format=fmt,
+                        also=[s for s in (split, data.get("train_split"), data.get("val_split")) if s])
+    if split not in made:
+        raise DataError(f"{data['root']}: split {split!r} not found; the dataset has splits {sorted(made)}")
     return path
 
 
@@ -118,6 +142,7 @@ def build_dataset(model: Mapping[str, Any], data: Mapping[str, Any], split: str,
     depth = bool(model.get("use_depth_supervision", False)) and train
     ds = MultiViewDataset(
         ensure_infos(data, split), cameras=list(data["cameras"]), input_size=tuple(model["input_size"]),
+        info_format=data.get("info_format", "auto"),
         augment=augment, map_config=map_config(model, data), det_classes=class_names, depth_targets=depth,
         depth_stride=int(data.get("depth_stride", 16)), train=train,
         bev_range=(grid["x_range"][0], grid["y_range"][0], grid["x_range"][1], grid["y_range"][1]),

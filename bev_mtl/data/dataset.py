@@ -46,7 +46,8 @@ from .calibration import check_intrinsics
 from .geometry import boxes_in_cameras, inv_T, transform_points
 from .item_cache import ItemCache, fingerprint
 from .map_targets import MapRasterizer, MapTargetConfig
-from .nusc_infos import DataError, check_camera, check_image_file, load_infos
+from .infos import read_infos
+from .nusc_infos import DataError, check_camera, check_image_file
 from .sample import Boxes, CameraInfo, SampleInfo
 
 __all__ = ["DET_CLASSES", "EMERGENCY_AS", "Vocabularies", "MultiViewDataset", "collate", "detection_names"]
@@ -91,7 +92,7 @@ def _index(names: Sequence[str | None], vocab: Sequence[str]) -> np.ndarray:
 class MultiViewDataset(Dataset):
     """Multi-view keyframes for training or evaluation (module docstring: outputs).
 
-    ``infos``: an info file path (``load_infos``) or a list of ``SampleInfo``. ``cameras``: the
+    ``infos``: an info file path (``read_infos``, of ``info_format``) or a list of ``SampleInfo``. ``cameras``: the
     channels to load, in this order (any N); every sample must have exactly these cameras
     (``allow_camera_subset=True`` lets a sample have more, e.g. 6 of an 8-camera rig).
     ``augment``: ``AugmentConfig`` or its dict; ``train`` switches random augmentation on.
@@ -115,10 +116,11 @@ class MultiViewDataset(Dataset):
                  depth_range: tuple[float, float] = (1.0, 60.0), train: bool = False,
                  bev_range: tuple[float, float, float, float] = (-51.2, -51.2, 51.2, 51.2),
                  skip_bad: bool = False, allow_camera_subset: bool = False, dataroot: str | os.PathLike | None = None,
-                 seed: int | None = None, cache_dir: str | os.PathLike | None = None, boxes_2d: bool = True) -> None:
+                 seed: int | None = None, cache_dir: str | os.PathLike | None = None, boxes_2d: bool = True,
+                 info_format: str = "auto") -> None:
         meta: dict = {}
         if isinstance(infos, (str, os.PathLike)):
-            meta, samples = load_infos(infos, dataroot)  # the run-time root decides where files are read
+            meta, samples = read_infos(infos, dataroot, info_format)  # the run-time root decides where files are read
         else:
             samples = list(infos)
         if len(set(cameras)) != len(cameras) or not cameras:
@@ -162,6 +164,10 @@ class MultiViewDataset(Dataset):
             root = dataroot or meta.get("dataroot") or _guess_dataroot(self.samples)
             # Built once per map here (seconds of geometry work): forked workers inherit them.
             for loc in sorted({s.location for s in self.samples}):
+                if not loc:  # plain mmdet3d infos without the tables that name it (infos.fill_scene_fields)
+                    s = next(s for s in self.samples if not s.location)
+                    raise DataError(f"sample {s.token}: no map location for the map targets (mmdetection3d infos "
+                                    f"do not store it; it is read from {root}/<version>/scene.json and log.json)")
                 if not (Path(root) / "maps" / "expansion" / f"{loc}.json").is_file():
                     raise DataError(f"map '{loc}' not found under {root}/maps/expansion (set dataroot=)")
                 self.rasterizers[loc] = MapRasterizer(str(root), loc, self.map_config)

@@ -11,13 +11,16 @@ the geometric centre, ``bbox_label_3d``, ``velocity`` (vx, vy), ``num_lidar_pts`
 What the format loses and how we get it back exactly:
 
 * Boxes. nuScenes boxes are upright in the *global* frame; mmdet3d stores them in the tilted
-  LiDAR frame as a yaw-only 7-vector, keeping only the heading of the box's x axis projected
-  on the LiDAR xy plane (the devkit's ``yaw_pitch_roll[0]``). Treating that as upright in the
-  LiDAR frame is off by up to ~25 px in the images. We invert the projection instead: the
-  global heading h = (cos g, sin g, 0) is horizontal, so ``lidar_R_global[:2, :2] @ h[:2]`` is
-  parallel to (cos yaw, sin yaw) -- a 2x2 solve. The same holds for velocity, which the
-  converter rotated into the LiDAR frame from (vx, vy, 0) global and then cut to xy. (Rotating
-  (cos yaw, sin yaw, 0) to global and re-normalising is off by up to ~7e-4 rad here.)
+  LiDAR frame as a yaw-only 7-vector whose yaw is the devkit's ``yaw_pitch_roll[0]`` of the box
+  rotation there, R = lidar_R_global @ Rz(g): pyquaternion's z-y'-x'' yaw, atan2(-R[0, 1], R[0, 0])
+  (read off R's first *row*, so not quite the heading of the box's x axis projected on the LiDAR
+  xy plane). Treating the 7-vector as upright in the LiDAR frame is off by up to ~25 px in the
+  images. It inverts exactly: with (A00, A01) = r (cos p, sin p) the first row of lidar_R_global,
+  R[0, 0] = r cos(g - p) and -R[0, 1] = r sin(g - p), so g = yaw + p. (Reading the yaw as the
+  projected heading instead is off by up to 6e-4 rad on the real sample, against the camera-frame
+  yaws mmdet3d wrote in ``cam_instances``; this is exact to 3e-8 rad, their float32 rounding.)
+  Velocity: the converter rotated (vx, vy, 0) global into the LiDAR frame and kept xy, i.e.
+  ``lidar_R_global[:2, :2] @ v``, which a 2x2 solve inverts.
 * Camera ego poses. v1.1 infos keep one ego pose (the LiDAR's), while each camera fired at its
   own time (up to ~45 ms earlier; at 9 m/s the ego moved 0.4 m). ``cam2ego`` is the true
   calibration (camera -> ego at the camera's own timestamp), but ``lidar2cam`` is the exact
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +43,10 @@ import numpy as np
 from bev_mtl.data.calibration import check_intrinsics, check_rigid
 from bev_mtl.data.errors import DataError
 from bev_mtl.data.geometry import intrinsics_3x3, inv_T
-from bev_mtl.data.sample import Boxes, CameraInfo, SampleInfo
+from bev_mtl.data.sample import Boxes, CameraInfo, SampleInfo, TrafficLights
 
-__all__ = ["MMDET3D_NUS_ATTRIBUTES", "load_mmdet3d_infos", "lidar_boxes_to_global"]
+__all__ = ["MMDET3D_NUS_ATTRIBUTES", "EXTRA_KEY", "lidar_boxes_to_global", "lights_from_plain",
+           "load_mmdet3d_infos", "mmdet3d_samples", "wrap_angle"]
 
 # attr_label index order of mmdet3d's nuScenes converter (``nus_attributes``); 'None' = no
 # attribute. Consistent with the real sample: cars 5/6/7, pedestrians 2/3, bicycle 0, barriers 8.
@@ -52,6 +57,8 @@ MMDET3D_NUS_ATTRIBUTES = (
 # data_prefix defaults of mmdet3d's NuScenesDataset: where bare file names live under data_root
 _SUBDIR_LIDAR = "samples/LIDAR_TOP"
 _ATTR_MATCH_TOL = 0.01  # metres; cam_instances centres equal the instance's to ~1e-6 m
+# bev-mtl's labels that v1.1 has no field for, per instance and per keyframe (mmdet3d_writer.py)
+EXTRA_KEY = "bev_mtl"
 
 
 def _mat(x: Any, name: str, pkl_path: Path, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
@@ -119,19 +126,22 @@ def lidar_boxes_to_global(bbox_3d: np.ndarray, velocity: np.ndarray, global_T_li
     """mmdet3d LiDAR-frame boxes [M, 7] (x, y, z_centre, l, w, h, yaw) and velocities [M, 2]
     -> global (centre [M, 3], lwh [M, 3], yaw [M], velocity [M, 2]), upright in global.
 
-    Inverts the converter's projections exactly (see module docstring): for a horizontal
-    global vector g, the LiDAR-frame xy components are ``lidar_R_global[:2, :2] @ g[:2]``.
+    Inverts the converter's projections exactly (module docstring); ``mmdet3d_writer.
+    global_boxes_to_lidar`` is the forward direction.
     """
     bbox_3d = np.asarray(bbox_3d, np.float64).reshape(-1, 7)
     velocity = np.asarray(velocity, np.float64).reshape(-1, 2)
     R = global_T_lidar[:3, :3]
     center = bbox_3d[:, :3] @ R.T + global_T_lidar[:3, 3]  # [M, 3]
-    A = R.T[:2, :2]  # lidar_R_global restricted to horizontal global vectors -> LiDAR xy
-    yaw_l = bbox_3d[:, 6]
-    heading = np.linalg.solve(A, np.stack([np.cos(yaw_l), np.sin(yaw_l)], 0))  # [2, M], > 0 scale
-    yaw = np.arctan2(heading[1], heading[0])
-    vel = np.linalg.solve(A, velocity.T).T  # [M, 2]; NaN (unknown) stays NaN
+    A = R.T  # lidar_R_global
+    yaw = wrap_angle(bbox_3d[:, 6] + np.arctan2(A[0, 1], A[0, 0]))
+    vel = np.linalg.solve(A[:2, :2], velocity.T).T  # [M, 2]; NaN (unknown) stays NaN
     return center, bbox_3d[:, 3:6].copy(), yaw, vel
+
+
+def wrap_angle(a: np.ndarray) -> np.ndarray:
+    """Angles in [-pi, pi)."""
+    return (np.asarray(a, np.float64) + np.pi) % (2 * np.pi) - np.pi
 
 
 def _check_format(data: Any, pkl_path: Path) -> tuple[dict, list]:
@@ -158,7 +168,8 @@ def _label_names(metainfo: dict, pkl_path: Path) -> dict[int, str]:
     if not isinstance(cats, dict):
         raise ValueError(f"{pkl_path}: field 'metainfo.categories' missing or not a dict; "
                          "cannot name the instances' bbox_label_3d")
-    return {int(v): str(k) for k, v in cats.items()}
+    # mmdet3d's converter lists the categories it ignores with label -1: they name no class
+    return {int(v): str(k) for k, v in cats.items() if int(v) >= 0}
 
 
 def _camera(name: str, im: dict, global_T_lidar: np.ndarray, global_T_ego: np.ndarray,
@@ -217,33 +228,56 @@ def _boxes(info: dict, names: dict[int, str], global_T_lidar: np.ndarray,
     vel = np.array([i.get("velocity", [np.nan, np.nan]) for i in inst], np.float64).reshape(M, 2)
     labels = np.array([int(i.get("bbox_label_3d", i.get("bbox_label", -1))) for i in inst], np.int64)
     center, lwh, yaw, vel_g = lidar_boxes_to_global(bbox, vel, global_T_lidar)
+    extra = [i.get(EXTRA_KEY) or {} for i in inst]  # written by mmdet3d_writer; absent elsewhere
+    attrs = _attributes(info, center, labels, cameras)
     return Boxes(
         center=center, lwh=lwh, yaw=yaw, velocity=vel_g,
-        category=[""] * M,  # v1.1 infos keep only the 10-class label, not the fine category
+        # plain v1.1 infos keep only the 10-class label, not the fine category
+        category=[str(e.get("category", "")) for e in extra],
         detection_name=[names.get(int(l), "") for l in labels],  # -1 (not a detection class) -> ''
-        attribute=_attributes(info, center, labels, cameras),
+        attribute=[str(e["attribute"]) if "attribute" in e else a for e, a in zip(extra, attrs)],
         num_lidar_pts=np.array([int(i.get("num_lidar_pts", 0)) for i in inst], np.int64),
-        visibility=np.zeros(M, np.int64),  # not stored in v1.1 infos
-        token=[""] * M,  # sample_annotation tokens are not stored either
-        blinker=[None] * M,
+        visibility=np.array([int(e.get("visibility", 0)) for e in extra], np.int64),  # 0: unknown
+        token=[str(e.get("token", "")) for e in extra],
+        blinker=[e.get("blinker") for e in extra],
     )
+
+
+def lights_from_plain(d: Mapping[str, Any] | None) -> TrafficLights | None:
+    """Traffic lights from their plain form (``mmdet3d_writer.lights_to_plain``), global frame."""
+    if d is None:
+        return None
+    K = len(d["state"])
+    return TrafficLights(
+        boxes=Boxes(center=np.asarray(d["center"], np.float64).reshape(K, 3),
+                    lwh=np.asarray(d["lwh"], np.float64).reshape(K, 3), yaw=np.asarray(d["yaw"], np.float64),
+                    velocity=np.zeros((K, 2)), category=["traffic_light"] * K, token=list(d.get("token", [""] * K))),
+        state=list(d["state"]), visibility=np.asarray(d.get("visibility", [np.nan] * K), np.float64))
 
 
 def load_mmdet3d_infos(pkl_path: str | os.PathLike, data_root: str | os.PathLike | None = None
                        ) -> list[SampleInfo]:
-    """Read an mmdetection3d v1.1 nuScenes info pkl into ``SampleInfo``s (boxes upright in
-    global, one ``CameraInfo`` per ``images`` entry with its own ego pose).
+    """Read an mmdetection3d v1.1 nuScenes info pkl into ``SampleInfo``s (``mmdet3d_samples``)."""
+    pkl_path = Path(pkl_path)
+    with open(pkl_path, "rb") as f:
+        data = pickle.load(f)
+    return mmdet3d_samples(data, pkl_path, data_root)
+
+
+def mmdet3d_samples(data: Any, pkl_path: str | os.PathLike, data_root: str | os.PathLike | None = None
+                    ) -> list[SampleInfo]:
+    """The ``SampleInfo``s of an unpickled mmdetection3d v1.1 info file (boxes upright in global,
+    one ``CameraInfo`` per ``images`` entry with its own ego pose).
 
     Relative file names are resolved against ``data_root`` then the pkl's folder (see
-    ``_PathResolver``); missing files are not an error here. v1.1 infos do not store the scene
-    token/name, map location, fine categories, visibility or annotation tokens: those are ''
-    / 0. Raises ``ValueError`` (naming the file and the field) for other formats or versions, and
+    ``_PathResolver``); missing files are not an error here. Plain v1.1 infos do not store the
+    scene token/name, map location, fine categories, visibility or annotation tokens: those are
+    '' / 0 unless the file carries bev-mtl's extra labels (``EXTRA_KEY``, mmdet3d_writer.py).
+    Raises ``ValueError`` (naming the file and the field) for other formats or versions, and
     ``DataError`` (also naming the sample) for calibration that fails ``calibration.py``'s checks:
     non-rigid poses, singular intrinsics (the principal point only if a size is stored).
     """
     pkl_path = Path(pkl_path)
-    with open(pkl_path, "rb") as f:
-        data = pickle.load(f)
     metainfo, data_list = _check_format(data, pkl_path)
     names: dict[int, str] | None = None
     resolve = _PathResolver(data_root, pkl_path.parent)
@@ -264,15 +298,18 @@ def load_mmdet3d_infos(pkl_path: str | os.PathLike, data_root: str | os.PathLike
         has_det = "instances" in info
         if has_det and info["instances"] and names is None:
             names = _label_names(metainfo, pkl_path)
+        extra = info.get(EXTRA_KEY) or {}
         out.append(SampleInfo(
             token=str(info.get("token", info.get("sample_idx", idx))),
-            scene_token="", scene_name="", location="",  # not in v1.1 infos
+            scene_token=str(extra.get("scene_token", "")), scene_name=str(extra.get("scene_name", "")),
+            location=str(extra.get("location", "")),
             timestamp=_to_microseconds(info.get("timestamp", 0)),
             global_T_ego=global_T_ego,
             lidar_path=resolve(str(lp.get("lidar_path", "")), _SUBDIR_LIDAR) if lp.get("lidar_path") else "",
             ego_T_lidar=ego_T_lidar,
             cameras=list(cameras.values()),
             boxes=_boxes(info, names or {}, global_T_lidar, cameras),
-            labelled={"det": has_det},
+            traffic_lights=lights_from_plain(extra.get("traffic_lights")),
+            labelled={"det": has_det, **dict(extra.get("labelled") or {})},
         ))
     return out

@@ -5,6 +5,8 @@
 dict is a ``SampleInfo`` (see ``sample.py``) in plain-dict form. ``metainfo`` holds
 ``format == "bev_mtl_infos"`` and ``info_version``; ``load_infos`` refuses anything else with an
 error naming the file and the field (a wrong info version silently shifts every box otherwise).
+With ``out_format='mmdet3d'`` the same keyframes go to mmdetection3d v1.1 files instead
+(``mmdet3d_writer.py``); ``infos.read_infos`` reads either format.
 
 File paths are stored relative to the dataset root (info version 2), so a dataset moved or copied
 with its info files reads everything from where it is now: the root given at run time
@@ -35,7 +37,9 @@ from bev_mtl.atomic import atomic_paths, check_writable, remove_stale_temps
 from .calibration import check_intrinsics, check_quaternion, check_rigid
 from .errors import DataError  # noqa: F401  (its historical home: importing it from here keeps working)
 from .geometry import make_T
+from .mmdet3d_writer import write_mmdet3d_set
 from .sample import Boxes, CameraInfo, SampleInfo, TrafficLights
+from .splits import available_splits, check_out_format, default_splits, info_file_name, pick_splits  # noqa: F401
 
 INFO_FORMAT = "bev_mtl_infos"
 INFO_VERSION = 2  # 2: file paths relative to the dataset root (1 stored absolute paths)
@@ -190,25 +194,17 @@ def sample_from_tables(nusc, sample: dict, extra: dict) -> SampleInfo:
                       labelled={"det": True, "map": True, "blinker": bool(ann_extra), "light": lights is not None})
 
 
-def default_splits(nusc) -> dict[str, list[str]]:
-    """splits.json of the root if present (synthetic sets, custom splits), else the devkit's."""
-    custom = Path(nusc.dataroot) / nusc.version / "splits.json"
-    if custom.is_file():
-        return read_json(custom)
-    from nuscenes.utils.splits import create_splits_scenes
-
-    s = create_splits_scenes()
-    if nusc.version.endswith("mini"):
-        return {"mini_train": s["mini_train"], "mini_val": s["mini_val"]}
-    if nusc.version.endswith("test"):
-        return {"test": s["test"]}
-    return {"train": s["train"], "val": s["val"]}
-
-
 def build_infos(nusc, scene_names: list[str], channels: list[str] | None = None, extra: dict | None = None,
                 check_images: bool = True, skip_bad: bool = False, progress: bool = False
                 ) -> tuple[list[SampleInfo], list[str]]:
     """SampleInfos of every keyframe of the given scenes, checked; returns (samples, skipped reasons)."""
+    samples, skipped = _build(nusc, scene_names, channels, extra, check_images, skip_bad, progress)
+    return samples, [reason for _, reason in skipped]
+
+
+def _build(nusc, scene_names: list[str], channels: list[str] | None, extra: dict | None, check_images: bool,
+           skip_bad: bool, progress: bool) -> tuple[list[SampleInfo], list[tuple[str, str]]]:
+    """``build_infos`` with each skipped reason tagged with its scene name."""
     from tqdm import tqdm
 
     wanted = set(scene_names)
@@ -221,10 +217,20 @@ def build_infos(nusc, scene_names: list[str], channels: list[str] | None = None,
         except DataError as e:
             if not skip_bad:
                 raise
-            skipped.append(str(e))
+            skipped.append((nusc.get("scene", rec["scene_token"])["name"], str(e)))
             continue
         out.append(s)
     return out, skipped
+
+
+def _build_splits(nusc, splits: dict[str, list[str]], **kw) -> dict[str, tuple[list[SampleInfo], list[str]]]:
+    """Every split's (samples, skipped reasons); a scene in several splits is built once."""
+    samples, skipped = _build(nusc, sorted({n for names in splits.values() for n in names}), **kw)
+    out = {}
+    for split, names in splits.items():
+        scenes = set(names)
+        out[split] = ([s for s in samples if s.scene_name in scenes], [r for sc, r in skipped if sc in scenes])
+    return out
 
 
 def _to_plain(s: SampleInfo) -> dict:
@@ -298,24 +304,38 @@ def _absolute(p: str, root: Path, info: Path) -> str:
     return str(root / p)
 
 
-def load_infos(path: str | os.PathLike, dataroot: str | os.PathLike | None = None
-               ) -> tuple[dict, list[SampleInfo]]:
-    """(metainfo, samples) of a bev_mtl info file; clear errors for other formats/versions.
-
-    Every file is read from ``dataroot`` (the run-time root, e.g. the config's ``data.root``);
-    without it, from the root the info file names relative to its own folder. The samples carry
-    absolute paths under that root and ``metainfo['dataroot']`` is that root, absolute."""
+def read_pickle(path: str | os.PathLike) -> object:
+    """An info file's content; ``DataError`` naming the file if it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"info file not found: {path}")
     with open(path, "rb") as f:
         try:
-            data = pickle.load(f)
+            return pickle.load(f)
         except Exception as e:  # truncated / not a pickle
             raise DataError(f"{path}: not a readable info file ({type(e).__name__}: {e})") from None
+
+
+def load_infos(path: str | os.PathLike, dataroot: str | os.PathLike | None = None
+               ) -> tuple[dict, list[SampleInfo]]:
+    """(metainfo, samples) of a bev_mtl info file (``infos_from_data``); ``bev_mtl.data.infos.
+    read_infos`` reads either format."""
+    return infos_from_data(read_pickle(path), path, dataroot)
+
+
+def infos_from_data(data: object, path: str | os.PathLike, dataroot: str | os.PathLike | None = None
+                    ) -> tuple[dict, list[SampleInfo]]:
+    """(metainfo, samples) of the unpickled bev_mtl info file ``path``; clear errors for other
+    formats/versions.
+
+    Every file is read from ``dataroot`` (the run-time root, e.g. the config's ``data.root``);
+    without it, from the root the info file names relative to its own folder. The samples carry
+    absolute paths under that root and ``metainfo['dataroot']`` is that root, absolute."""
+    path = Path(path)
     meta = dict(data.get("metainfo", {})) if isinstance(data, dict) else {}
     if meta.get("format") != INFO_FORMAT:
-        hint = " (an mmdetection3d info file? read it with bev_mtl.data.mmdet3d_infos)" if "data_list" in data else ""
+        hint = (" (an mmdetection3d info file? set data.info_format='mmdet3d' or 'auto')"
+                if isinstance(data, dict) and "data_list" in data else "")
         raise DataError(f"{path}: metainfo.format is {meta.get('format')!r}, expected {INFO_FORMAT!r}{hint}")
     stored = meta.get("dataroot") or "."
     root = Path(os.path.abspath(dataroot if dataroot is not None else path.parent / stored))
@@ -329,9 +349,17 @@ def load_infos(path: str | os.PathLike, dataroot: str | os.PathLike | None = Non
 
 
 def create_infos(dataroot: str | os.PathLike, version: str, out_dir: str | os.PathLike | None = None,
-                 extra_path: str | os.PathLike | None = None, splits: dict[str, list[str]] | None = None,
-                 check_images: bool = True, skip_bad: bool = False, progress: bool = True) -> dict:
-    """Write ``bev_mtl_infos_<split>.pkl`` per split; returns {split: (path, n_samples, skipped)}."""
+                 extra_path: str | os.PathLike | None = None,
+                 splits: dict[str, list[str]] | list[str] | tuple[str, ...] | None = None,
+                 check_images: bool = True, skip_bad: bool = False, progress: bool = True,
+                 out_format: str = "bev_mtl", also: tuple[str, ...] | list[str] = ()) -> dict:
+    """Write one info file per split (``info_file_name``); returns {split: (path, n_samples, skipped)}.
+
+    ``splits``: {name: scene names}, a list of split names (``available_splits``: the devkit's for
+    the version and splits.json's), or None for ``default_splits`` plus the available ones of
+    ``also``. ``out_format``: 'bev_mtl' (ours) or 'mmdet3d' (mmdetection3d v1.1 infos,
+    ``mmdet3d_writer.py``)."""
+    check_out_format(out_format)
     root = Path(dataroot)
     if not (root / version).is_dir():
         raise DataError(f"{root}: no table folder '{version}' (expected {root / version})")
@@ -340,14 +368,20 @@ def create_infos(dataroot: str | os.PathLike, version: str, out_dir: str | os.Pa
     remove_stale_temps(out_dir)  # info-file temps of an interrupted earlier run
     nusc = open_nuscenes(root, version)
     extra = _load_sidecar(Path(extra_path) if extra_path else root / version / SIDECAR_NAME)
-    splits = splits or default_splits(nusc)
+    splits = pick_splits(nusc, splits, also)
+    names = {split: info_file_name(split, out_format) for split in splits}
+    if len(set(names.values())) < len(names):
+        raise DataError(f"splits {sorted(splits)} would share info file names {sorted(names.values())}")
     # Every camera of the sensor table must be in every keyframe (the rig, not one sample, decides).
     channels = [s["channel"] for s in nusc.sensor if s["modality"] == "camera"]
-    built = {split: build_infos(nusc, scenes, channels, extra, check_images, skip_bad, progress)
-             for split, scenes in splits.items()}  # every split checked before any file is replaced
-    files = {out_dir / f"bev_mtl_infos_{split}.pkl": (samples, {
+    # every split checked before any file is replaced
+    built = _build_splits(nusc, splits, channels=channels, extra=extra, check_images=check_images,
+                          skip_bad=skip_bad, progress=progress)
+    files = {out_dir / names[split]: (samples, {
         "version": version, "split": split, "cameras": channels, "has_extra": bool(extra), "skipped": skipped})
         for split, (samples, skipped) in built.items()}
-    write_info_set(files, root)
-    return {split: (out_dir / f"bev_mtl_infos_{split}.pkl", len(samples), skipped)
-            for split, (samples, skipped) in built.items()}
+    if out_format == "mmdet3d":
+        write_mmdet3d_set(files, root, version, nusc)
+    else:
+        write_info_set(files, root)
+    return {split: (out_dir / names[split], len(samples), skipped) for split, (samples, skipped) in built.items()}

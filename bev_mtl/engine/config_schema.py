@@ -95,6 +95,10 @@ SPECS: dict[str, dict[str, Any]] = {
         "labelled": {"scheme": choice("full", "half", "disjoint"), "seed": SEED,
                      "batching": choice("mixed", "alternating")},
         "cache_items": BOOL,
+        # info files: bev-mtl's or mmdetection3d v1.1 (auto: what the file is); per split a file
+        # name (relative to root) other than bev_mtl_infos_<split>.pkl / nuscenes_infos_<split>.pkl
+        "info_format": choice("auto", "bev_mtl", "mmdet3d"),
+        "info_files": dict_of(STR, "a dict {split: info file path}"),
     },
 }
 # scalar top-level keys (the model section's module arguments are build_model's to check)

@@ -36,6 +36,7 @@ from bev_mtl.data.dataset import EMERGENCY_AS, Vocabularies
 from bev_mtl.data.nusc_infos import DataError, open_nuscenes
 from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
 from bev_mtl.engine.report import format_report
+from bev_mtl.engine.submission import submission_meta
 from bev_mtl.data.sample import SampleInfo
 from bev_mtl.models.det_head import DET_CLASSES, det_class_names, to_nuscenes
 
@@ -65,8 +66,10 @@ class Evaluator:
     def __init__(self, dataroot: str, version: str, split: str, out_dir: str | os.PathLike,
                  class_names: Sequence[str] = DET_CLASSES, map_classes: Sequence[str] = (),
                  vocab: Vocabularies | None = None, match_distance: float = 2.0, min_score: float = 0.0,
-                 has_det: bool = True, light_min_score: float = 0.3) -> None:
+                 has_det: bool = True, light_min_score: float = 0.3, meta: Mapping[str, bool] | None = None) -> None:
         self.dataroot, self.version, self.split = str(dataroot), version, split
+        # the submission's meta flags (submission.py); camera-only if not given
+        self.meta = dict(meta or submission_meta({})[0])
         self.out_dir = Path(out_dir)
         self.class_names, self.map_classes = tuple(class_names), tuple(map_classes)
         self.vocab = vocab or Vocabularies()
@@ -85,7 +88,7 @@ class Evaluator:
         data, heads = cfg["data"], cfg["model"]["heads"]
         return cls(data["root"], find_version(data["root"], data.get("version", "auto")), split, out_dir,
                    class_names=det_class_names(heads.get("det")), map_classes=tuple((heads.get("map") or {}).get("classes", ())),
-                   has_det=heads.get("det") is not None)
+                   has_det=heads.get("det") is not None, meta=submission_meta(cfg)[0])
 
     def set_samples(self, samples: Sequence[SampleInfo]) -> None:
         self.samples = {s.token: s for s in samples}
@@ -257,6 +260,19 @@ class Evaluator:
             (stage / "metrics.md").write_text(format_report(report))
         return _flat_metrics(report)
 
+    def write_submission(self, extra_tokens: Sequence[str] = ()) -> Path:
+        """``results_nusc.json`` alone, nothing evaluated (``tools/test.py --format-only``): every
+        processed sample, plus ``extra_tokens`` with no boxes; the set's other members are removed."""
+        remove_stale_temps(self.out_dir)
+        for token in extra_tokens:
+            self.results.setdefault(token, [])
+        with atomic_set(self.out_dir, RESULT_SET) as stage:
+            self._write_results(stage / "results_nusc.json")
+        return self.out_dir / "results_nusc.json"
+
+    def _write_results(self, path: Path) -> None:
+        path.write_text(json.dumps({"meta": self.meta, "results": self.results}))
+
     def _has_gt_boxes(self) -> bool:
         """Whether any evaluated sample holds a box of a detection class (the devkit raises without)."""
         return any(any(s.boxes.detection_name) for t in self.results if (s := self.samples.get(t)) is not None)
@@ -268,8 +284,7 @@ class Evaluator:
             return {"status": "no samples"}
         # written in every case: e.g. the nuScenes test split has no boxes but is submitted as results
         result_path = stage / "results_nusc.json"
-        meta = {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False}
-        result_path.write_text(json.dumps({"meta": meta, "results": self.results}))
+        self._write_results(result_path)
         if not self._has_gt_boxes():  # the devkit would raise 'Invalid box type: None'
             return {"status": f"split {self.split!r} has no ground-truth boxes in its {len(self.results)} "
                               f"evaluated samples: detection not evaluated (predictions in results_nusc.json)"}

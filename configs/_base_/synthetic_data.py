@@ -21,4 +21,10 @@ data = dict(
     # keep finished training items in <work_dir>/item_cache when they cannot change between epochs
     # (augment='off'): later epochs skip JPEG decoding, LiDAR projection and map rasterising
     cache_items=True,
+    # info files: 'auto' reads bev_mtl_infos_<split>.pkl, else mmdetection3d's nuscenes_infos_<split>.pkl
+    # (v1.0-mini: mini_train / mini_val as _train / _val); 'bev_mtl' / 'mmdet3d' pick one format (a
+    # missing file is created in it). info_files names other files per split, relative to root:
+    # e.g. info_files=dict(train='my_infos_train.pkl')
+    info_format='auto',
+    info_files=dict(),
 )

@@ -94,22 +94,29 @@ def test_unknown_cfg_option_is_an_error(tiny_synthetic, tmp_path):
     assert res.returncode == 2 and "train.max_stepz" in res.stderr
 
 
-def test_nuscenes_recipe_runs_one_step_on_synthetic(tiny_synthetic, tmp_path):
-    """configs/bev_mtl_nusc.py (ResNet-50, 704x256) builds and trains one step on the synthetic set,
-    starting from its ImageNet trunk as torchvision caches it (a stand-in file of the right name in a
-    fresh TORCH_HOME: no network)."""
+def test_nuscenes_mini_recipe_runs_one_step_on_a_synthetic_mini_set(tiny_synthetic, tmp_path):
+    """configs/bev_mtl_nusc_mini.py builds and trains one step on the synthetic v1.0-mini set with
+    its own data section (v1.0-mini, the devkit's mini_train / mini_val: the synthetic scenes carry
+    real mini names), starting from its ImageNet trunk as torchvision caches it (a stand-in file of
+    the right name in a fresh TORCH_HOME: no network). Its model is configs/bev_mtl_nusc.py's
+    (ResNet-50, 704x256), so this runs the trainval recipe's model as well."""
+    import pickle
+
     import torchvision
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), cache / "resnet50-11ad3fa6.pth")
-    cmd = [sys.executable, str(REPO / "tools/train.py"), str(REPO / "configs/bev_mtl_nusc.py"), "--work-dir",
-           str(tmp_path / "nusc"), "--no-progress", "--accelerator", "cpu", "--cfg-options", f"data.root={tiny_synthetic}",
-           "data.version=auto", "data.train_split=synth_train", "data.val_split=synth_val", "data.batch_size=1",
-           "data.num_workers=0", "train.max_steps=1", "train.val_every_steps=0", "train.precision=32-true"]
+    cmd = [sys.executable, str(REPO / "tools/train.py"), str(REPO / "configs/bev_mtl_nusc_mini.py"), "--work-dir",
+           str(tmp_path / "mini"), "--no-progress", "--accelerator", "cpu", "--cfg-options", f"data.root={tiny_synthetic}",
+           "data.batch_size=1", "data.num_workers=0", "train.max_steps=1", "train.val_every_steps=0",
+           "train.precision=32-true"]
     res = run(cmd, timeout=600, TORCH_HOME=str(tmp_path / "torch_home"))
     assert res.returncode == 0, res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "nusc" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "mini" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1 and "ema_state_dict" in ckpt
+    from nuscenes.utils.splits import mini_train
+    infos = pickle.loads((tiny_synthetic / "bev_mtl_infos_mini_train.pkl").read_bytes())
+    assert infos["data_list"] and {d["scene_name"] for d in infos["data_list"]} <= set(mini_train)
 
 
 def test_load_from_a_checkpoint_with_another_head_set(tiny_synthetic, tmp_path):

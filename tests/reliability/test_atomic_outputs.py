@@ -194,22 +194,40 @@ def test_unwritable_output_is_found_before_inference(tiny_synthetic, random_ckpt
     assert "inference:" not in res.stdout
 
 
-def test_split_without_boxes_is_evaluated_without_a_devkit_exception(tiny_synthetic, random_ckpt, tmp_path):
-    """Before: the devkit raised 'Error: Invalid box type: None'."""
+def test_split_without_boxes_is_refused_by_test_py_and_reported_by_the_evaluator(tiny_synthetic, random_ckpt,
+                                                                                  tmp_path):
+    """Before: the devkit raised 'Error: Invalid box type: None'. tools/test.py now says, before
+    inference, that there is nothing to evaluate and points to --format-only (which writes the
+    submission: tests/tools/test_nusc_interop.py); the Evaluator, which also validates during
+    training, reports detection as not evaluated and still scores the rest."""
+    from bev_mtl.data.builder import build_dataset
+    from bev_mtl.data.dataset import collate
+    from bev_mtl.engine.evaluation import Evaluator
+
     root = tmp_path / "no_boxes"
-    shutil.copytree(tiny_synthetic, root, ignore=shutil.ignore_patterns("bev_mtl_debug", "bev_mtl_infos_*.pkl"))
+    shutil.copytree(tiny_synthetic, root, ignore=shutil.ignore_patterns("bev_mtl_debug", "*.pkl"))
     (root / "v1.0-mini" / "sample_annotation.json").write_text("[]")
     stale = tmp_path / "test" / f".metrics.json.{dead_pid()}@{_HOST}.zz9.tmp"  # left by a killed run
     stale.parent.mkdir()
     stale.write_text("{")
     res = run_test_tool(root, random_ckpt, tmp_path / "test")
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 2 and "inference:" not in res.stdout
+    assert "has no ground-truth boxes" in res.stderr and "pass --format-only" in res.stderr
     assert not stale.exists()
-    assert "has no ground-truth boxes" in res.stdout
-    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+
+    cfg = to_plain(load_config(CONFIG, {"data.root": str(root)}).to_dict())
+    ds = build_dataset(cfg["model"], cfg["data"], "synth_val", train=False)
+    ev = Evaluator.from_config(cfg, "synth_val", tmp_path / "eval")
+    ev.set_samples(ds.samples)
+    for i in range(len(ds)):
+        batch = collate([ds[i]])
+        ev.process(batch, [{"boxes": torch.zeros(0, 9), "scores": torch.zeros(0), "labels": torch.zeros(0).long(),
+                            "map": batch["map_targets"][0].float()}])
+    assert "nds" not in ev.evaluate()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert "no ground-truth boxes" in metrics["detection"]["status"]
-    results = json.loads((tmp_path / "test" / "results_nusc.json").read_text())["results"]
-    assert len(results) == metrics["num_samples"]  # still written: a test split is submitted like this
+    results = json.loads((tmp_path / "eval" / "results_nusc.json").read_text())["results"]
+    assert len(results) == metrics["num_samples"]
     assert "miou_max" in metrics["map_segmentation"]  # the rest is still evaluated
 
 
