@@ -17,7 +17,12 @@ model = dict(image_encoder=dict(trunk='efficientnet_lite0', pretrained='imagenet
              perspective_head=dict(hidden_channels=32),
              # vehicle type, blinker and light colour read from the image features at keypoints of each
              # box (lamp corners, faces), not from its BEV cell: bev_mtl/models/attribute_head.py
-             attribute_head=dict(attributes=['vehicle_type', 'blinker', 'light']),
+             # the type head also learns on GT boxes moved as the detector places them (0.5 m, 0.15 rad,
+             # 10 % size, 15 % reversed): GT-box type F1 0.774 -> 0.840 and, on matched detections,
+             # +0.107 -> +0.153 over the majority class (seed 0, 480 steps). Jittering the blinker and
+             # light rows too cost their F1 (blinker 0.736 -> 0.665): lamp keypoints need exact boxes.
+             attribute_head=dict(attributes=['vehicle_type', 'blinker', 'light'], jitter_xy=0.5, jitter_yaw=0.15,
+                                 jitter_size=0.1, flip_prob=0.15, jitter_attributes=['vehicle_type']),
              loss_weights={'loss/map/drivable_area': 3.0})
 # No augmentation: ~500 steps are about 5 epochs, far too short to overfit, and every random
 # flip / rotation / rescale is one more thing to learn (380 steps: NDS 0.035 -> 0.125 without it).
