@@ -51,6 +51,7 @@ def read_validations(csv_path: Path) -> list[dict[str, float]]:
             if not (row.get("val/nds") or row.get("val/miou")):
                 continue
             vals = {k: float(v) for k, v in row.items() if v not in ("", None) and _is_number(v)}
+            vals["step"] += 1  # Lightning logs the 0-based index of the last step: 239 = 240 steps done
             by_step[int(vals["step"])] = {**by_step.get(int(vals["step"]), {}), **vals}
     if not by_step:
         raise ValueError(f"{csv_path}: no validation rows; train with train.val_every_steps > 0")

@@ -24,11 +24,11 @@ def _log(work: Path, rows: list[dict]) -> None:
 def test_table_plot_and_doc_block(tmp_path: Path) -> None:
     work = tmp_path / "run"
     _log(work, [{"epoch": 0, "loss": 3.0, "step": 9},  # a training row: not a validation
-                {"epoch": 0, "step": 240, "time/train_min": 4.0, "val/nds": 0.1, "val/mAP": 0.05, "val/miou": 0.2},
-                {"epoch": 1, "step": 480, "time/train_min": 8.1, "val/nds": 0.2, "val/mAP": 0.1, "val/miou": 0.25,
+                {"epoch": 0, "step": 239, "time/train_min": 4.0, "val/nds": 0.1, "val/mAP": 0.05, "val/miou": 0.2},
+                {"epoch": 1, "step": 479, "time/train_min": 8.1, "val/nds": 0.2, "val/mAP": 0.1, "val/miou": 0.25,
                  "val/gt_boxes_f1/blinker": 0.7},
-                # a resumed run validated step 480 again: the later row counts
-                {"epoch": 1, "step": 480, "time/train_min": 8.2, "val/nds": 0.21, "val/mAP": 0.1, "val/miou": 0.26}])
+                # (steps as Lightning logs them: 0-based) a resumed run validated step 480 again: the later row counts
+                {"epoch": 1, "step": 479, "time/train_min": 8.2, "val/nds": 0.21, "val/mAP": 0.1, "val/miou": 0.26}])
     doc = tmp_path / "doc.md"
     doc.write_text(f"intro\n{learning_curve.BEGIN}\nold\n{learning_curve.END}\nreading kept\n")
     assert learning_curve.main([str(work), "--doc", str(doc)]) == 0
