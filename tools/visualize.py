@@ -28,15 +28,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bev_mtl.data.builder import build_dataset  # noqa: E402
-from bev_mtl.data.dataset import MultiViewDataset, Vocabularies, collate  # noqa: E402
+from bev_mtl.data.dataset import MultiViewDataset, collate  # noqa: E402
 from bev_mtl.data.geometry import inv_T  # noqa: E402
 from bev_mtl.data.nusc_infos import DataError  # noqa: E402
 from bev_mtl.data.sample import Boxes, SampleInfo  # noqa: E402
 from bev_mtl.engine.checkpoint import CheckpointError  # noqa: E402
 from bev_mtl.engine.config import ConfigError, DictAction, config_errors, load_config, to_plain  # noqa: E402
-from bev_mtl.models.det_head import det_class_names  # noqa: E402
 from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,  # noqa: E402
                          compose_panels, legend_panel, render_bev)
+from bev_mtl.structures.vocab import LIGHT_CLASS, Vocabularies, attribute_for_class, det_class_names  # noqa: E402
 from bev_mtl.vis.bev_canvas import GT_COLOUR  # noqa: E402
 
 SHORT_CLASS = {"construction_vehicle": "constr", "traffic_cone": "cone", "pedestrian": "ped", "motorcycle": "moto",
@@ -188,8 +188,6 @@ def pred_labels(pred: Mapping[str, np.ndarray], class_names: Sequence[str], voca
                 ) -> tuple[list[str], list[str]]:
     """Class names and label texts of predicted boxes: class, score, the most probable attribute
     valid for the class, blinker state when not off, light state for traffic lights."""
-    from bev_mtl.models.det_head import attribute_for_class
-
     names = [class_names[int(c)] if int(c) < len(class_names) else f"class{int(c)}" for c in pred["labels"]]
     texts = []
     for k, name in enumerate(names):
@@ -198,11 +196,11 @@ def pred_labels(pred: Mapping[str, np.ndarray], class_names: Sequence[str], voca
             attr = attribute_for_class(name, pred["attr"][k], vocab.attributes)
             if attr:
                 parts.append(_short_attr(attr))
-        if "blinker" in pred and name not in ("pedestrian", "barrier", "traffic_cone", "traffic_light"):
+        if "blinker" in pred and name not in ("pedestrian", "barrier", "traffic_cone", LIGHT_CLASS):
             b = int(np.argmax(pred["blinker"][k]))
             if b > 0:
                 parts.append(f"blink:{vocab.blinker[b]}")
-        if "light" in pred and name == "traffic_light":
+        if "light" in pred and name == LIGHT_CLASS:
             parts.append(vocab.light[int(np.argmax(pred["light"][k]))])
         texts.append(" ".join(parts))
     return names, texts
@@ -311,8 +309,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         load_model_weights(model, args.ckpt)  # CheckpointMismatch: the file, first tensors, its own config
         model.to(args.device).eval()
         # the head may extend the configured classes (e.g. appends "traffic_light"): its list is the truth
-        head = getattr(model.heads["det"], "head", None) if "det" in model.heads else None
-        class_names = tuple(getattr(head, "class_names", class_names))
+        class_names = model.class_names or class_names
     ds = build_dataset(model_cfg, data_cfg, resolve_split(data_cfg, args.split), train=False)
     indices = select_indices(ds, args.samples, args.scene)
     out_dir = args.out or Path("work_dirs/vis") / args.config.stem

@@ -25,25 +25,17 @@ from torch import Tensor, nn
 
 from bev_mtl.models.det_targets import DetTargets, build_targets, circle_nms, gaussian_focal_loss
 from bev_mtl.models.map_head import GridGeometry, grid_shape
+from bev_mtl.structures.vocab import DET_CLASSES, LIGHT_CLASS, VOCAB, attribute_for_class, det_class_names
 
-__all__ = ["DEFAULT_TASKS", "CenterHead", "attribute_for_class", "conv_branch", "det_class_names", "to_nuscenes"]
+__all__ = ["DEFAULT_TASKS", "CenterHead", "SIZE_ARGS", "conv_branch", "to_nuscenes"]
 
-DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-               "pedestrian", "traffic_cone")  # same order as bev_mtl.data.dataset.DET_CLASSES
 DEFAULT_TASKS: tuple[tuple[str, ...], ...] = (("car",), ("truck", "construction_vehicle"), ("bus", "trailer"),
                                                ("barrier",), ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone"))
 REG_BRANCHES = (("offset", 2), ("z", 1), ("size", 3), ("rot", 2), ("velocity", 2))
-SUB_HEADS = ("attr", "vehicle_type", "blinker", "light")
-LIGHT_CLASS = "traffic_light"
-
-
-def det_class_names(det_cfg: Mapping | None) -> tuple[str, ...]:
-    """The class names a ``CenterHead`` built from ``det_cfg`` predicts, in label order: its
-    ``class_names`` (default the 10 nuScenes classes) plus, with ``traffic_light``, that class last."""
-    names = tuple((det_cfg or {}).get("class_names", DET_CLASSES))
-    if (det_cfg or {}).get("traffic_light") and LIGHT_CLASS not in names:
-        names += (LIGHT_CLASS,)
-    return names
+SUB_HEADS = ("attr", "vehicle_type", "blinker", "light")  # construction order (fixes the initialisation RNG)
+# sub-head -> the CenterHead argument that overrides its size (default: its vocabulary's length)
+SIZE_ARGS = {"attr": "num_attributes", "vehicle_type": "num_vehicle_types", "blinker": "num_blinker",
+             "light": "num_light"}
 
 
 def conv_branch(cin: int, hidden: int, cout: int, bias_init: float = 0.0) -> nn.Sequential:
@@ -67,7 +59,8 @@ class CenterHead(nn.Module):
         class_names: detection classes, order of ``gt_labels`` (default: the 10 nuScenes classes).
         tasks: class groups, one heatmap + regression set each (default: CenterPoint's nuScenes groups).
         shared_channels / head_channels: widths of the shared conv and of each branch's hidden conv.
-        num_attributes / num_vehicle_types / num_blinker / num_light: sub-head sizes (``Vocabularies``).
+        num_attributes / num_vehicle_types / num_blinker / num_light: sub-head sizes (default: the
+            lengths of the ``Vocabularies`` fields, ``bev_mtl.structures.vocab``).
         traffic_light: add the class "traffic_light" (appended to ``class_names`` and as its own
             group if the names / tasks do not hold it) and the light-colour sub-head.
         bev_sub_heads: which attribute sub-heads read the BEV cell at the object's centre (of
@@ -80,10 +73,11 @@ class CenterHead(nn.Module):
 
     def __init__(self, in_channels: int, grid: GridGeometry, class_names: Sequence[str] = DET_CLASSES,
                  tasks: Sequence[Sequence[str]] = DEFAULT_TASKS, out_stride: int = 1, shared_channels: int = 64,
-                 head_channels: int = 64, num_attributes: int = 9, num_vehicle_types: int = 10, num_blinker: int = 4,
+                 head_channels: int = 64, num_attributes: int = VOCAB.size("attr"),
+                 num_vehicle_types: int = VOCAB.size("vehicle_type"), num_blinker: int = VOCAB.size("blinker"),
                  sub_hidden: int = 64, min_radius: int = 2, min_overlap: float = 0.1, prior_prob: float = 0.1,
-                 traffic_light: bool = False, num_light: int = 4,
-                 bev_sub_heads: Sequence[str] = ("attr", "vehicle_type", "blinker", "light")) -> None:
+                 traffic_light: bool = False, num_light: int = VOCAB.size("light"),
+                 bev_sub_heads: Sequence[str] = SUB_HEADS) -> None:
         super().__init__()
         self.class_names = det_class_names({"class_names": class_names, "traffic_light": traffic_light})
         self.tasks = tuple(tuple(t) for t in tasks)
@@ -121,7 +115,7 @@ class CenterHead(nn.Module):
         sizes = {"attr": num_attributes, "vehicle_type": num_vehicle_types, "blinker": num_blinker}
         if traffic_light:
             sizes["light"] = num_light
-        unknown = set(bev_sub_heads) - {"attr", "vehicle_type", "blinker", "light"}
+        unknown = set(bev_sub_heads) - set(SUB_HEADS)
         if unknown:
             raise ValueError(f"bev_sub_heads: unknown {sorted(unknown)}; allowed attr, vehicle_type, blinker, light")
         self.sub_heads = nn.ModuleDict({name: _mlp(shared_channels, sub_hidden, n) for name, n in sizes.items()
@@ -238,23 +232,6 @@ class CenterHead(nn.Module):
                      for k, v in self.sub_head_logits(shared, bidx, i, j).items()}  # [K, n]
             results.append({"boxes": boxes, "scores": scores, "labels": labels, **probs})
         return results
-
-
-# nuScenes: which attributes each detection class may carry ('' = none)
-_ATTR_PREFIX = {"car": "vehicle.", "truck": "vehicle.", "construction_vehicle": "vehicle.", "bus": "vehicle.",
-                "trailer": "vehicle.", "motorcycle": "cycle.", "bicycle": "cycle.", "pedestrian": "pedestrian.",
-                "barrier": None, "traffic_cone": None}
-
-
-def attribute_for_class(name: str, probs: np.ndarray, attr_names: Sequence[str]) -> str:
-    """Most probable attribute among those valid for class ``name`` ('' for barriers/cones)."""
-    prefix = _ATTR_PREFIX.get(name)
-    if prefix is None:
-        return ""
-    allowed = [k for k, a in enumerate(attr_names) if a.startswith(prefix)]
-    if not allowed:
-        return ""
-    return attr_names[max(allowed, key=lambda k: probs[k])]
 
 
 def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: np.ndarray | None,
