@@ -98,7 +98,6 @@ def _image_size(path: str) -> tuple[int, int]:
 def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """The rig of the first validation sample of the config's dataset (cameras in data.cameras order)."""
     from bev_mtl.data.builder import ensure_infos
-    from bev_mtl.data.geometry import inv_T
     from bev_mtl.data.infos import read_infos
 
     path = ensure_infos(data_cfg, data_cfg["val_split"])  # either info format (data.info_format)
@@ -106,8 +105,7 @@ def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[
     s = samples[0]
     by_channel = {c.channel: c for c in s.cameras}
     cams = [by_channel[c] for c in data_cfg["cameras"]]
-    key_T_global = inv_T(s.global_T_ego)
-    ego = np.stack([key_T_global @ c.global_T_ego @ c.ego_T_cam for c in cams])  # [N, 4, 4] as the dataset does
+    ego = np.stack([s.keyframe_T_cam(c) for c in cams])  # [N, 4, 4] as the dataset does
     sizes = [c.size if c.size[0] else _image_size(c.image_path) for c in cams]
     images = [np.zeros((h, w, 3), np.uint8) for w, h in sizes]
     try:  # the Predictor's checks: the baked-in rig must be one it would accept

@@ -249,8 +249,7 @@ class MultiViewDataset(Dataset):
             images[n] = out.transpose(2, 0, 1)  # [3, H_in, W_in]
             img_aug[n] = ia.matrix
             pix_T_cam[n] = ia.matrix @ cam.pix_T_cam
-            # through the camera's own ego pose: cameras fire up to ~40 ms off the keyframe
-            ego_T_cam[n] = key_T_global @ cam.global_T_ego @ cam.ego_T_cam
+            ego_T_cam[n] = s.keyframe_T_cam(cam)
         item: dict[str, Any] = {
             "token": s.token, "images": torch.from_numpy(images),
             "img_aug": torch.from_numpy(img_aug).float(), "pix_T_cam": torch.from_numpy(pix_T_cam).float(),

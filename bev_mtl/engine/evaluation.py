@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from bev_mtl.atomic import atomic_set, remove_stale_temps
+from bev_mtl.data.nusc_format import to_nuscenes, write_results
 from bev_mtl.data.nusc_infos import DataError, open_nuscenes
 from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
 from bev_mtl.engine.report import format_report
 from bev_mtl.engine.submission import submission_meta
 from bev_mtl.data.sample import SampleInfo
-from bev_mtl.models.det_head import to_nuscenes
 from bev_mtl.structures.vocab import (DET_CLASSES, EMERGENCY_AS, LIGHT_CLASS, SUB_HEAD_VOCAB, Vocabularies,
                                      det_class_names)
 
@@ -274,7 +274,7 @@ class Evaluator:
         return self.out_dir / "results_nusc.json"
 
     def _write_results(self, path: Path) -> None:
-        path.write_text(json.dumps({"meta": self.meta, "results": self.results}))
+        write_results(path, self.meta, self.results)
 
     def _has_gt_boxes(self) -> bool:
         """Whether any evaluated sample holds a box of a detection class (the devkit raises without)."""

@@ -10,6 +10,8 @@
          colour of the extra class "traffic_light" (its own class group; not a nuScenes class,
          so it is left out of the nuScenes results and scored by tools/test.py separately)
 
+Conversion of the decoded boxes to the nuScenes results format: ``bev_mtl.data.nusc_format``.
+
 Average pooling (not a strided conv) makes output cell k cover exactly input cells
 [k s, (k + 1) s), so the output grid is the feature grid with res * s and the same range.
 Boxes are the ego-frame 9-vector of the dataset: x, y, z_center, l, w, h, yaw, vx, vy.
@@ -19,15 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bev_mtl.models.det_targets import DetTargets, build_targets, circle_nms, gaussian_focal_loss
 from bev_mtl.models.map_head import GridGeometry, grid_shape
-from bev_mtl.structures.vocab import DET_CLASSES, LIGHT_CLASS, VOCAB, attribute_for_class, det_class_names
+from bev_mtl.structures.vocab import DET_CLASSES, LIGHT_CLASS, VOCAB, det_class_names
 
-__all__ = ["DEFAULT_TASKS", "CenterHead", "SIZE_ARGS", "conv_branch", "to_nuscenes"]
+__all__ = ["DEFAULT_TASKS", "CenterHead", "SIZE_ARGS", "conv_branch"]
 
 DEFAULT_TASKS: tuple[tuple[str, ...], ...] = (("car",), ("truck", "construction_vehicle"), ("bus", "trailer"),
                                                ("barrier",), ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone"))
@@ -232,58 +233,3 @@ class CenterHead(nn.Module):
                      for k, v in self.sub_head_logits(shared, bidx, i, j).items()}  # [K, n]
             results.append({"boxes": boxes, "scores": scores, "labels": labels, **probs})
         return results
-
-
-def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: np.ndarray | None,
-                class_names: Sequence[str], attr_names: Sequence[str], sample_token: str = "",
-                skip_vehicle_types: Sequence[int] = ()) -> list[dict]:
-    """One sample's decoded boxes (augmented-ego frame) -> nuScenes results-format dicts.
-
-    First ``bev_aug`` is undone exactly as ``augment.transform_boxes`` applied it (centre as a
-    point, size / isotropic scale, heading and velocity as vectors). Then the ego -> global step
-    inverts ``Boxes.to_ego`` exactly even for a tilted ego: there the ego yaw is the direction of
-    the global (horizontal) heading projected onto the ego xy-plane, so the global heading is the
-    horizontal unit vector perpendicular to R·(sin ψ, -cos ψ, 0) (the ego-plane normal of that
-    direction), and the global velocity solves the 2x2 system v_ego = (Rᵀ)[:2, :2] v_global.
-
-    ``skip_vehicle_types``: vehicle-type indices whose boxes are left out (the emergency types:
-    nuScenes ignores emergency-vehicle GT, so such a box could only be a false positive)."""
-    boxes = decoded["boxes"].detach().double().cpu().numpy().reshape(-1, 9)  # [K, 9]
-    if bev_aug is not None:
-        a = np.asarray(bev_aug, np.float64)
-        lin_inv = np.linalg.inv(a[:3, :3])
-        scale = abs(np.linalg.det(a[:3, :3])) ** (1.0 / 3.0)
-        heading = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6])], 1) @ lin_inv[:2, :2].T  # [K, 2]
-        boxes = np.concatenate([(boxes[:, :3] - a[:3, 3]) @ lin_inv.T, boxes[:, 3:6] / scale,
-                                np.arctan2(heading[:, 1], heading[:, 0])[:, None],
-                                boxes[:, 7:9] @ lin_inv[:2, :2].T], 1)  # [K, 9] keyframe ego frame
-    T = np.asarray(global_T_ego, np.float64)
-    R = T[:3, :3]
-    center = boxes[:, :3] @ R.T + T[:3, 3]  # [K, 3]
-    yaw_e = boxes[:, 6]
-    zeros = np.zeros_like(yaw_e)
-    m = np.stack([np.sin(yaw_e), -np.cos(yaw_e), zeros], 1) @ R.T  # [K, 3] normal of the heading plane
-    d = np.stack([m[:, 1], -m[:, 0]], 1)  # [K, 2] horizontal, perpendicular to m
-    u = (np.stack([np.cos(yaw_e), np.sin(yaw_e), zeros], 1) @ R.T)[:, :2]  # [K, 2] rough heading: fixes the sign
-    d = np.where(((d * u).sum(1) < 0)[:, None], -d, d)
-    yaw_g = np.arctan2(d[:, 1], d[:, 0])  # [K]
-    vel = np.linalg.solve(R.T[:2, :2], boxes[:, 7:9].T).T  # [K, 2]
-
-    scores = decoded["scores"].detach().cpu().numpy()
-    labels = decoded["labels"].detach().cpu().numpy()
-    attr = decoded["attr"].detach().cpu().numpy() if "attr" in decoded else np.zeros((len(boxes), len(attr_names)))
-    vtype = decoded["vehicle_type"].argmax(-1).cpu().numpy() if "vehicle_type" in decoded and len(skip_vehicle_types) \
-        else np.full(len(boxes), -1)
-    out = []
-    for k in range(len(boxes)):
-        name = class_names[int(labels[k])]
-        if name not in DET_CLASSES:  # e.g. traffic_light: not a nuScenes detection class
-            continue
-        if name == "car" and int(vtype[k]) in skip_vehicle_types:
-            continue
-        out.append({"sample_token": sample_token, "translation": center[k].tolist(),
-                    "size": [float(boxes[k, 4]), float(boxes[k, 3]), float(boxes[k, 5])],  # nuScenes: w, l, h
-                    "rotation": [math.cos(yaw_g[k] / 2), 0.0, 0.0, math.sin(yaw_g[k] / 2)],  # yaw-only [w, x, y, z]
-                    "velocity": vel[k].tolist(), "detection_name": name, "detection_score": float(scores[k]),
-                    "attribute_name": attribute_for_class(name, attr[k], attr_names)})
-    return out
