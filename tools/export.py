@@ -41,15 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bev_mtl.apis.export import (ExportError, OnnxModel, eager_raw_outputs, export_onnx, fix_rig,  # noqa: E402
+from bev_mtl.apis.export import (ExportError, OnnxModel, eager_raw_outputs, export_onnx, fix_rig,
                                  max_abs_diffs)
-from bev_mtl.apis.predictor import camera_names, load_model, preprocess  # noqa: E402
-from bev_mtl.data.augment import AugmentConfig  # noqa: E402
-from bev_mtl.data.calibration import check_rig  # noqa: E402
-from bev_mtl.data.errors import DataError  # noqa: E402
-from bev_mtl.engine.config import DictAction, config_errors, load_config  # noqa: E402
+from bev_mtl.apis.predictor import camera_names, load_model, preprocess
+from bev_mtl.data.augment import AugmentConfig
+from bev_mtl.data.calibration import check_rig
+from bev_mtl.data.errors import DataError
+from bev_mtl.engine.config import DictAction, config_errors, load_config
 
 
 def _read_calib(path: Path) -> dict:
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not fixed:
-        from benchmarks.model_latency import rig_batch  # a plausible example rig; any calibration works later
+        from bev_mtl.apis.profiling import rig_batch  # a plausible example rig; any calibration works later
 
         if N != 6:
             raise SystemExit(f"example calibration is a 6-camera rig, the model has {N} cameras")

@@ -24,19 +24,17 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bev_mtl.data.builder import build_dataset  # noqa: E402
-from bev_mtl.data.dataset import MultiViewDataset, collate  # noqa: E402
-from bev_mtl.data.nusc_format import read_results, results_to_ego  # noqa: E402
-from bev_mtl.data.nusc_infos import DataError  # noqa: E402
-from bev_mtl.data.sample import SampleInfo  # noqa: E402
-from bev_mtl.engine.checkpoint import CheckpointError  # noqa: E402
-from bev_mtl.engine.config import ConfigError, DictAction, config_errors, load_config, to_plain  # noqa: E402
-from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,  # noqa: E402
+from bev_mtl.data.builder import build_dataset
+from bev_mtl.data.dataset import MultiViewDataset, collate
+from bev_mtl.data.nusc_format import read_results, results_to_ego
+from bev_mtl.data.nusc_infos import DataError
+from bev_mtl.data.sample import SampleInfo
+from bev_mtl.engine.checkpoint import CheckpointError
+from bev_mtl.engine.config import ConfigError, DictAction, config_errors, load_config, to_plain
+from bev_mtl.structures.vocab import LIGHT_CLASS, Vocabularies, attribute_for_class, det_class_names
+from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,
                          compose_panels, legend_panel, render_bev)
-from bev_mtl.structures.vocab import LIGHT_CLASS, Vocabularies, attribute_for_class, det_class_names  # noqa: E402
-from bev_mtl.vis.bev_canvas import GT_COLOUR  # noqa: E402
+from bev_mtl.vis.bev_canvas import GT_COLOUR
 
 SHORT_CLASS = {"construction_vehicle": "constr", "traffic_cone": "cone", "pedestrian": "ped", "motorcycle": "moto",
                "bicycle": "bike", "traffic_light": "light"}
