@@ -26,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bev_mtl.atomic import atomic_write_text
 
-from bev_mtl.atomic import atomic_write_text  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS: dict[str, tuple[int, str, list[str]]] = {
     "det_only": (1, "single-task detection", ["model.heads.map=None"]),
@@ -103,8 +102,7 @@ def model_stats(config: str, opts: list[str]) -> dict:
     model = build_model(cfg["model"]).eval()
     W, H = cfg["model"]["input_size"]
     N = cfg["model"]["num_cameras"]
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from model_latency import rig_batch  # noqa: E402  (6-camera synthetic calibration)
+    from bev_mtl.apis.profiling import rig_batch  # 6-camera synthetic calibration
 
     batch = rig_batch(W, H) if N == 6 else None
     lat = float("nan")

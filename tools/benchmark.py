@@ -43,13 +43,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bev_mtl.apis.export import OnnxModel, decode, fix_rig
+from bev_mtl.apis.predictor import load_model
+from bev_mtl.apis.profiling import rig_batch, stage_times
+from bev_mtl.engine.config import DictAction, load_config
 
-from benchmarks.model_latency import rig_batch, stage_times  # noqa: E402
-from bev_mtl.apis.export import OnnxModel, decode, fix_rig  # noqa: E402
-from bev_mtl.apis.predictor import load_model  # noqa: E402
-from bev_mtl.engine.config import DictAction, load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _reset_peak_rss() -> bool:

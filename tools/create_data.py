@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 
 def _image_size(text: str) -> tuple[int, int]:
     try:

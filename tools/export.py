@@ -41,15 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bev_mtl.apis.export import (ExportError, OnnxModel, eager_raw_outputs, export_onnx, fix_rig,  # noqa: E402
+from bev_mtl.apis.export import (ExportError, OnnxModel, eager_raw_outputs, export_onnx, fix_rig,
                                  max_abs_diffs)
-from bev_mtl.apis.predictor import camera_names, load_model, preprocess  # noqa: E402
-from bev_mtl.data.augment import AugmentConfig  # noqa: E402
-from bev_mtl.data.calibration import check_rig  # noqa: E402
-from bev_mtl.data.errors import DataError  # noqa: E402
-from bev_mtl.engine.config import DictAction, config_errors, load_config  # noqa: E402
+from bev_mtl.apis.predictor import camera_names, load_model, preprocess
+from bev_mtl.data.augment import AugmentConfig
+from bev_mtl.data.calibration import check_rig
+from bev_mtl.data.errors import DataError
+from bev_mtl.engine.config import DictAction, config_errors, load_config
 
 
 def _read_calib(path: Path) -> dict:
@@ -98,7 +96,6 @@ def _image_size(path: str) -> tuple[int, int]:
 def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """The rig of the first validation sample of the config's dataset (cameras in data.cameras order)."""
     from bev_mtl.data.builder import ensure_infos
-    from bev_mtl.data.geometry import inv_T
     from bev_mtl.data.infos import read_infos
 
     path = ensure_infos(data_cfg, data_cfg["val_split"])  # either info format (data.info_format)
@@ -106,8 +103,7 @@ def calibration_from_data(data_cfg: dict, input_size: tuple[int, int]) -> tuple[
     s = samples[0]
     by_channel = {c.channel: c for c in s.cameras}
     cams = [by_channel[c] for c in data_cfg["cameras"]]
-    key_T_global = inv_T(s.global_T_ego)
-    ego = np.stack([key_T_global @ c.global_T_ego @ c.ego_T_cam for c in cams])  # [N, 4, 4] as the dataset does
+    ego = np.stack([s.keyframe_T_cam(c) for c in cams])  # [N, 4, 4] as the dataset does
     sizes = [c.size if c.size[0] else _image_size(c.image_path) for c in cams]
     images = [np.zeros((h, w, 3), np.uint8) for w, h in sizes]
     try:  # the Predictor's checks: the baked-in rig must be one it would accept
@@ -195,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not fixed:
-        from benchmarks.model_latency import rig_batch  # a plausible example rig; any calibration works later
+        from bev_mtl.apis.profiling import rig_batch  # a plausible example rig; any calibration works later
 
         if N != 6:
             raise SystemExit(f"example calibration is a 6-camera rig, the model has {N} cameras")

@@ -16,8 +16,6 @@ import cv2
 import numpy as np
 from pyquaternion import Quaternion
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 LAYER_COLOURS = {  # BGR, painted in this order
     "drivable_area": (90, 90, 90), "carpark_area": (120, 110, 100), "walkway": (150, 170, 190),
     "ped_crossing": (200, 200, 200), "stop_line": (230, 230, 230),

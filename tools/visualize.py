@@ -16,7 +16,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,19 +24,17 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bev_mtl.data.builder import build_dataset  # noqa: E402
-from bev_mtl.data.dataset import MultiViewDataset, Vocabularies, collate  # noqa: E402
-from bev_mtl.data.geometry import inv_T  # noqa: E402
-from bev_mtl.data.nusc_infos import DataError  # noqa: E402
-from bev_mtl.data.sample import Boxes, SampleInfo  # noqa: E402
-from bev_mtl.engine.checkpoint import CheckpointError  # noqa: E402
-from bev_mtl.engine.config import ConfigError, DictAction, config_errors, load_config, to_plain  # noqa: E402
-from bev_mtl.models.det_head import det_class_names  # noqa: E402
-from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,  # noqa: E402
+from bev_mtl.data.builder import build_dataset
+from bev_mtl.data.dataset import MultiViewDataset, collate
+from bev_mtl.data.nusc_format import read_results, results_to_ego
+from bev_mtl.data.nusc_infos import DataError
+from bev_mtl.data.sample import SampleInfo
+from bev_mtl.engine.checkpoint import CheckpointError
+from bev_mtl.engine.config import ConfigError, DictAction, config_errors, load_config, to_plain
+from bev_mtl.structures.vocab import LIGHT_CLASS, Vocabularies, attribute_for_class, det_class_names
+from bev_mtl.vis import (BEVView, BoxSet, MapLayers, box_corners_3d, camera_mosaic, class_colour,
                          compose_panels, legend_panel, render_bev)
-from bev_mtl.vis.bev_canvas import GT_COLOUR  # noqa: E402
+from bev_mtl.vis.bev_canvas import GT_COLOUR
 
 SHORT_CLASS = {"construction_vehicle": "constr", "traffic_cone": "cone", "pedestrian": "ped", "motorcycle": "moto",
                "bicycle": "bike", "traffic_light": "light"}
@@ -109,43 +106,10 @@ def select_indices(ds: MultiViewDataset, samples: int, scene: str | None) -> lis
     return list(range(n))
 
 
-def load_results(path: Path) -> dict[str, list[dict]]:
-    """``results`` of a nuScenes detection results file (VisError naming the file if unusable)."""
-    if not path.is_file():
-        raise VisError(f"results file not found: {path}")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VisError(f"results file is not valid JSON: {path} ({e})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("results"), dict):
-        raise VisError(f"results file has no 'results' dict (nuScenes detection format expected): {path}")
-    return obj["results"]
-
-
-def results_to_ego(entries: Sequence[Mapping[str, Any]], global_T_ego: np.ndarray
-                   ) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
-    """nuScenes result boxes (global, upright) -> (boxes [K, 9] ego, names, scores [K], attribute
-    names), through ``Boxes.to_ego`` like the ground truth."""
-    from pyquaternion import Quaternion
-
-    K = len(entries)
-    vel = np.array([(e.get("velocity") or (0.0, 0.0))[:2] for e in entries], np.float64).reshape(K, 2)
-    boxes = Boxes(center=np.array([e["translation"] for e in entries], np.float64).reshape(K, 3),
-                  lwh=np.array([(e["size"][1], e["size"][0], e["size"][2]) for e in entries],
-                               np.float64).reshape(K, 3),  # nuScenes size is w, l, h
-                  yaw=np.array([Quaternion(e["rotation"]).yaw_pitch_roll[0] for e in entries], np.float64),
-                  velocity=np.where(np.isfinite(vel), vel, 0.0))
-    names = [str(e["detection_name"]) for e in entries]
-    scores = np.array([float(e.get("detection_score", 1.0)) for e in entries])
-    attrs = [str(e.get("attribute_name", "")) for e in entries]
-    return boxes.to_ego(inv_T(global_T_ego)), names, scores, attrs
-
-
 def load_images(sample: SampleInfo, cameras: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Source-size RGB images, their intrinsics [N, 3, 3] and camera -> KEYFRAME ego [N, 4, 4]
     (through each camera's own ego pose, as the dataset does)."""
     by_ch = {c.channel: c for c in sample.cameras}
-    key_T_global = inv_T(sample.global_T_ego)
     images, K, E = [], [], []
     for ch in cameras:
         cam = by_ch[ch]
@@ -154,7 +118,7 @@ def load_images(sample: SampleInfo, cameras: Sequence[str]) -> tuple[list[np.nda
             raise DataError(f"sample {sample.token} {ch}: cannot read image {cam.image_path}")
         images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         K.append(cam.pix_T_cam)
-        E.append(key_T_global @ cam.global_T_ego @ cam.ego_T_cam)
+        E.append(sample.keyframe_T_cam(cam))
     return images, np.stack(K), np.stack(E)
 
 
@@ -188,8 +152,6 @@ def pred_labels(pred: Mapping[str, np.ndarray], class_names: Sequence[str], voca
                 ) -> tuple[list[str], list[str]]:
     """Class names and label texts of predicted boxes: class, score, the most probable attribute
     valid for the class, blinker state when not off, light state for traffic lights."""
-    from bev_mtl.models.det_head import attribute_for_class
-
     names = [class_names[int(c)] if int(c) < len(class_names) else f"class{int(c)}" for c in pred["labels"]]
     texts = []
     for k, name in enumerate(names):
@@ -198,11 +160,11 @@ def pred_labels(pred: Mapping[str, np.ndarray], class_names: Sequence[str], voca
             attr = attribute_for_class(name, pred["attr"][k], vocab.attributes)
             if attr:
                 parts.append(_short_attr(attr))
-        if "blinker" in pred and name not in ("pedestrian", "barrier", "traffic_cone", "traffic_light"):
+        if "blinker" in pred and name not in ("pedestrian", "barrier", "traffic_cone", LIGHT_CLASS):
             b = int(np.argmax(pred["blinker"][k]))
             if b > 0:
                 parts.append(f"blink:{vocab.blinker[b]}")
-        if "light" in pred and name == "traffic_light":
+        if "light" in pred and name == LIGHT_CLASS:
             parts.append(vocab.light[int(np.argmax(pred["light"][k]))])
         texts.append(" ".join(parts))
     return names, texts
@@ -298,7 +260,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     map_cfg = model_cfg.get("heads", {}).get("map")
     if map_cfg is not None:
         map_cfg = {"classes": map_cfg["classes"], "grid": map_cfg.get("grid") or model_cfg["view_transform"]["grid"]}
-    results = load_results(args.results) if args.results is not None else None
+    results = read_results(args.results) if args.results is not None else None
     model = None
     if args.ckpt is not None:
         if not args.ckpt.is_file():
@@ -311,8 +273,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         load_model_weights(model, args.ckpt)  # CheckpointMismatch: the file, first tensors, its own config
         model.to(args.device).eval()
         # the head may extend the configured classes (e.g. appends "traffic_light"): its list is the truth
-        head = getattr(model.heads["det"], "head", None) if "det" in model.heads else None
-        class_names = tuple(getattr(head, "class_names", class_names))
+        class_names = model.class_names or class_names
     ds = build_dataset(model_cfg, data_cfg, resolve_split(data_cfg, args.split), train=False)
     indices = select_indices(ds, args.samples, args.scene)
     out_dir = args.out or Path("work_dirs/vis") / args.config.stem

@@ -34,12 +34,11 @@ from mmengine.config import Config
 
 from bev_mtl.data.augment import AugmentConfig, ImageAugConfig, apply_image_aug, sample_image_aug
 from bev_mtl.data.calibration import check_image_size, check_rig
-from bev_mtl.data.dataset import Vocabularies
 from bev_mtl.engine.checkpoint import load_model_weights
 from bev_mtl.engine.config import load_config, to_plain
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel, DetTask, MapTask
 from bev_mtl.models.builder import build_model
-from bev_mtl.models.det_head import attribute_for_class
+from bev_mtl.structures.vocab import SUB_HEAD_VOCAB, Vocabularies, attribute_for_class
 
 __all__ = ["Predictor", "load_model", "preprocess", "to_numpy_predictions"]
 
@@ -155,14 +154,13 @@ def to_numpy_predictions(model: BEVMultiTaskModel, pred: Mapping[str, torch.Tens
     out = {k: v.detach().cpu().numpy() for k, v in pred.items()}
     for head in model.heads.values():
         if isinstance(head, DetTask):
-            classes = head.head.class_names
+            classes = head.class_names
             out["label_names"] = np.array([classes[c] for c in out["labels"]], dtype=object)
-            for key, names in (("attr", vocab.attributes), ("vehicle_type", vocab.vehicle_types),
-                               ("blinker", vocab.blinker), ("light", vocab.light)):
+            for key in SUB_HEAD_VOCAB:
                 if key not in out:
                     continue
                 probs = out[key]  # [K, n]
-                names = _names(names, probs.shape[1])
+                names = _names(vocab.names(key), probs.shape[1])
                 if key == "attr" and names == tuple(vocab.attributes):
                     picked = [attribute_for_class(classes[c], p, names) for c, p in zip(out["labels"], probs)]
                 else:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bev_mtl.engine.config_schema import section_keys
+from bev_mtl.structures.vocab import dataset_class_names
 
 from .augment import AugmentConfig
-from .dataset import DET_CLASSES, MultiViewDataset
+from .dataset import MultiViewDataset
 from .map_targets import MapTargetConfig
 from .nusc_infos import DataError, create_infos
 from .splits import info_file_name
@@ -137,7 +138,7 @@ def build_dataset(model: Mapping[str, Any], data: Mapping[str, Any], split: str,
     check_data_cfg(data)
     grid = model["view_transform"]["grid"]
     det = model.get("heads", {}).get("det")
-    class_names = tuple(det.get("class_names", DET_CLASSES)) if det is not None else DET_CLASSES
+    class_names = dataset_class_names(det)
     augment = AugmentConfig.from_dict(data.get("augment", {}))
     depth = bool(model.get("use_depth_supervision", False)) and train
     ds = MultiViewDataset(

@@ -31,7 +31,6 @@ A frustum point p (pixel u, v, depth d) lands in the augmented ego frame as
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,32 +48,9 @@ from .map_targets import MapRasterizer, MapTargetConfig
 from .infos import read_infos
 from .nusc_infos import DataError, check_camera, check_image_file
 from .sample import Boxes, CameraInfo, SampleInfo
+from bev_mtl.structures.vocab import DET_CLASSES, EMERGENCY_AS, Vocabularies  # re-exported: older imports
 
 __all__ = ["DET_CLASSES", "EMERGENCY_AS", "Vocabularies", "MultiViewDataset", "collate", "detection_names"]
-
-DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-               "pedestrian", "traffic_cone")
-
-
-@dataclass(frozen=True)
-class Vocabularies:
-    attributes: tuple[str, ...] = ("vehicle.moving", "vehicle.stopped", "vehicle.parked", "cycle.with_rider",
-                                   "cycle.without_rider", "pedestrian.moving", "pedestrian.standing",
-                                   "pedestrian.sitting_lying_down", "none")
-    vehicle_types: tuple[str, ...] = ("vehicle.car", "vehicle.truck", "vehicle.bus.rigid", "vehicle.bus.bendy",
-                                      "vehicle.trailer", "vehicle.construction", "vehicle.emergency.ambulance",
-                                      "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.bicycle")
-    blinker: tuple[str, ...] = ("off", "left", "right", "hazard")
-    light: tuple[str, ...] = ("red", "yellow", "green", "off")
-    # nuScenes gives these classes no attribute: an empty one is 'none'; for all other classes
-    # an empty attribute means unknown (e.g. mmdet3d infos of a box no camera saw) -> -1
-    attribute_free: tuple[str, ...] = ("barrier", "traffic_cone")
-
-
-# nuScenes has no detection class for emergency vehicles (the devkit's category_to_detection_name
-# gives None and its evaluation ignores them); they are cars to detect here, and the vehicle-type
-# head says ambulance / police (docs/design.md, "Emergency vehicles").
-EMERGENCY_AS = {"vehicle.emergency.ambulance": "car", "vehicle.emergency.police": "car"}
 
 
 def detection_names(b: Boxes) -> list[str]:
@@ -273,8 +249,7 @@ class MultiViewDataset(Dataset):
             images[n] = out.transpose(2, 0, 1)  # [3, H_in, W_in]
             img_aug[n] = ia.matrix
             pix_T_cam[n] = ia.matrix @ cam.pix_T_cam
-            # through the camera's own ego pose: cameras fire up to ~40 ms off the keyframe
-            ego_T_cam[n] = key_T_global @ cam.global_T_ego @ cam.ego_T_cam
+            ego_T_cam[n] = s.keyframe_T_cam(cam)
         item: dict[str, Any] = {
             "token": s.token, "images": torch.from_numpy(images),
             "img_aug": torch.from_numpy(img_aug).float(), "pix_T_cam": torch.from_numpy(pix_T_cam).float(),

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .geometry import inv_T
+
 
 @dataclass
 class CameraInfo:
@@ -88,3 +90,8 @@ class SampleInfo:
     boxes: Boxes
     traffic_lights: TrafficLights | None = None
     labelled: dict = field(default_factory=dict)  # task -> bool, e.g. {"det": True, "map": True}
+
+    def keyframe_T_cam(self, cam: CameraInfo) -> np.ndarray:
+        """[4, 4] camera -> KEYFRAME ego, through the camera's own ego pose: cameras fire up to
+        ~40 ms off the keyframe, and the ego moves up to ~0.5 m in that time."""
+        return inv_T(self.global_T_ego) @ cam.global_T_ego @ cam.ego_T_cam

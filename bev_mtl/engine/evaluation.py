@@ -32,20 +32,21 @@ import numpy as np
 import torch
 
 from bev_mtl.atomic import atomic_set, remove_stale_temps
-from bev_mtl.data.dataset import EMERGENCY_AS, Vocabularies
+from bev_mtl.data.nusc_format import to_nuscenes, write_results
 from bev_mtl.data.nusc_infos import DataError, open_nuscenes
 from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
 from bev_mtl.engine.report import format_report
 from bev_mtl.engine.submission import submission_meta
 from bev_mtl.data.sample import SampleInfo
-from bev_mtl.models.det_head import DET_CLASSES, det_class_names, to_nuscenes
+from bev_mtl.structures.vocab import (DET_CLASSES, EMERGENCY_AS, LIGHT_CLASS, SUB_HEAD_VOCAB, Vocabularies,
+                                     det_class_names)
 
 __all__ = ["Evaluator", "MAP_THRESHOLDS", "RESULT_SET", "format_report"]
 
 RESULT_SET = ("results_nusc.json", "nusc_eval", "metrics.json", "metrics.md")  # one run's outputs, one unit
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * k, 2) for k in range(7))  # 0.35 .. 0.65 (0.5 included)
-ATTR_TASKS = {"vehicle_type": "vehicle_types", "blinker": "blinker", "light": "light", "attr": "attributes"}
+ATTR_TASKS = tuple(SUB_HEAD_VOCAB)  # attribute sub-heads, in report order
 LIGHT_DISTANCES = (1.0, 2.0)
 
 
@@ -143,15 +144,17 @@ class Evaluator:
         gt = {"boxes": batch["gt_boxes"][b].cpu().numpy(), "labels": batch["gt_labels"][b].cpu().numpy(),
               "mask": batch["gt_mask"][b].cpu().numpy()}
         gt_lab = {t: batch[f"gt_{t}"][b].cpu().numpy() for t in ("vehicle_type", "blinker", "attr")}
-        sources = [(gt["boxes"], gt["labels"], gt["mask"], gt_lab, DET_CLASSES)]
-        if "light" in probs and "gt_light_boxes" in batch and "traffic_light" in self.class_names:
+        # gt_labels index the head's classes without the light (vocab.dataset_class_names)
+        gt_names = tuple(n for n in self.class_names if n != LIGHT_CLASS)
+        sources = [(gt["boxes"], gt["labels"], gt["mask"], gt_lab, gt_names)]
+        if "light" in probs and "gt_light_boxes" in batch and LIGHT_CLASS in self.class_names:
             lb = batch["gt_light_boxes"][b].cpu().numpy()
             lab_ok = bool(batch.get("labelled", {}).get("light", [True] * (b + 1))[b])
             colour = batch["gt_light_labels"][b].cpu().numpy() if lab_ok else np.full(len(lb), -1)
             if "gt_light_boxes/light_front_seen" in pred:  # colour only where the lenses face a camera
                 colour = np.where(pred["gt_light_boxes/light_front_seen"].cpu().numpy(), colour, -1)
             sources.append((lb, np.zeros(len(lb), np.int64), batch["gt_light_mask"][b].cpu().numpy(),
-                            {"light": colour}, ("traffic_light",)))
+                            {"light": colour}, (LIGHT_CLASS,)))
         for gboxes, glabels, gmask, glabs, gnames in sources:
             for gc, name in enumerate(gnames):
                 if name not in self.class_names:
@@ -191,9 +194,9 @@ class Evaluator:
 
     def _lights(self, batch: Mapping[str, Any], b: int, pred: Mapping[str, torch.Tensor]) -> None:
         """(score, matched) of every light detection, per matching distance (centres, ego xy)."""
-        if "traffic_light" not in self.class_names or "gt_light_boxes" not in batch:
+        if LIGHT_CLASS not in self.class_names or "gt_light_boxes" not in batch:
             return
-        keep = pred["labels"] == self.class_names.index("traffic_light")
+        keep = pred["labels"] == self.class_names.index(LIGHT_CLASS)
         xy, scores = pred["boxes"][keep, :2].cpu().numpy(), pred["scores"][keep].cpu().numpy()
         gt = batch["gt_light_boxes"][b][batch["gt_light_mask"][b].bool()][:, :2].cpu().numpy()
         self.light_gt += len(gt)
@@ -271,7 +274,7 @@ class Evaluator:
         return self.out_dir / "results_nusc.json"
 
     def _write_results(self, path: Path) -> None:
-        path.write_text(json.dumps({"meta": self.meta, "results": self.results}))
+        write_results(path, self.meta, self.results)
 
     def _has_gt_boxes(self) -> bool:
         """Whether any evaluated sample holds a box of a detection class (the devkit raises without)."""
@@ -317,12 +320,12 @@ class Evaluator:
         """Per attribute on matched detections: ``classification_report`` plus ``labelled_gt`` /
         ``matched`` ("not labelled" when no GT object carries the label)."""
         out: dict[str, Any] = {}
-        for task, vocab_field in ATTR_TASKS.items():
+        for task in ATTR_TASKS:
             if self.labelled_gt[task] == 0:
                 out[task] = "not labelled"
                 continue
             pairs = self.pairs[task]
-            rep = classification_report([q[0] for q in pairs], [q[1] for q in pairs], getattr(self.vocab, vocab_field))
+            rep = classification_report([q[0] for q in pairs], [q[1] for q in pairs], self.vocab.names(task))
             out[task] = {"labelled_gt": self.labelled_gt[task], "matched": len(pairs), **rep}
         return out
 
@@ -330,7 +333,7 @@ class Evaluator:
         """Per attribute the image head read on GT boxes (``attribute_metrics``); only attributes
         with rows in the protocol appear."""
         return {task: classification_report([q[0] for q in pairs], [q[1] for q in pairs],
-                                            getattr(self.vocab, ATTR_TASKS[task]))
+                                            self.vocab.names(task))
                 for task, pairs in self.gt_pairs.items() if pairs}
 
 

@@ -144,10 +144,9 @@ def _fit(trainer: L.Trainer, module: BEVMTLModule, cfg: dict, args: argparse.Nam
     train_set = build_dataset(cfg["model"], data, data["train_split"], train=True, seed=seed,
                               cache_dir=work_dir / "item_cache")
     check_training_labels(train_set, tuple(module.model.heads), data["train_split"], data["root"])
-    class_names = module.model.heads["det"].head.class_names if "det" in module.model.heads else ()
     train_loader = make_loader(train_set, int(data.get("batch_size", 2)), train=True, seed=seed, rank=rank,
                                world_size=world, num_workers=int(data.get("num_workers", 2)),
-                               cbgs=bool(data.get("cbgs", False)), class_names=class_names)
+                               cbgs=bool(data.get("cbgs", False)), class_names=module.model.class_names)
     val_loader = None
     if int(cfg.get("train", {}).get("val_every_steps", 0)) > 0:
         val_set = build_dataset(cfg["model"], data, data["val_split"], train=False)

@@ -63,6 +63,11 @@ class DetTask(nn.Module):
         self.score_threshold, self.top_k = float(score_threshold), int(top_k)
         self.nms_radius = dict(nms_radius) if isinstance(nms_radius, Mapping) else nms_radius
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Detection classes in label order (``bev_mtl.structures.vocab.det_class_names``)."""
+        return self.head.class_names
+
     def forward(self, bev_feat: Tensor) -> dict[str, Tensor]:
         return self.head(bev_feat)  # {"heatmap": [B, K, Xo, Yo], ... , "shared": [B, C, Xo, Yo]}
 
@@ -162,6 +167,13 @@ class BEVMultiTaskModel(nn.Module):
         self.num_cameras, self.input_size = int(num_cameras), (W, H)
         self.use_depth_supervision, self.depth_weight = bool(use_depth_supervision), float(depth_weight)
         self.loss_weights = dict(loss_weights or {})
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes ``labels`` of the "det" head index, in label order (traffic light included
+        when detected); () without a det head. Read this, not the head's internals."""
+        det = self.heads["det"] if "det" in self.heads else None
+        return tuple(getattr(det, "class_names", ()))
 
     # ------------------------------------------------------------------------------ boundary
     def check_inputs(self, batch: Mapping[str, Any]) -> None:

@@ -30,12 +30,13 @@ from torch import nn
 from bev_mtl.models.attribute_head import ImageAttributeHead, image_map_channels
 from bev_mtl.models.bev_encoder import BEVEncoder
 from bev_mtl.models.bev_mtl_model import BEVMultiTaskModel, DetTask, MapTask
-from bev_mtl.models.det_head import DET_CLASSES, CenterHead
+from bev_mtl.models.det_head import SIZE_ARGS, SUB_HEADS, CenterHead
 from bev_mtl.models.image_encoder import ImageEncoder
 from bev_mtl.models.map_head import MapHead
 from bev_mtl.models.perspective_head import PerspectiveHead
 from bev_mtl.models.camera_depth import CameraAwareDepth
 from bev_mtl.models.view_transform import BEVGrid, DepthBins, LiftSplat
+from bev_mtl.structures.vocab import VOCAB, dataset_class_names
 
 __all__ = ["HEADS", "build_model", "register_head"]
 
@@ -183,7 +184,7 @@ def build_model(cfg: Mapping[str, Any]) -> BEVMultiTaskModel:
     perspective = None
     if cfg.get("perspective_head") is not None:
         # its classes are the dataset's gt_labels: the det head's classes without the traffic light
-        classes = tuple((heads_cfg.get("det") or {}).get("class_names", DET_CLASSES))
+        classes = dataset_class_names(heads_cfg.get("det"))
         pcfg = _kwargs(PerspectiveHead, cfg["perspective_head"], "perspective_head",
                        ("in_channels", "stride", "num_classes", "light_class"))
         # with traffic lights detected, their housings are one more image-space class
@@ -220,25 +221,23 @@ def _camera_depth(vt: Mapping[str, Any], in_channels: int, bins: DepthBins) -> C
 
 
 IMAGE_ATTRIBUTES = ("vehicle_type", "blinker", "light")
-_SIZE_KEYS = {"vehicle_type": ("num_vehicle_types", 10), "blinker": ("num_blinker", 4), "light": ("num_light", 4),
-              "attr": ("num_attributes", 9)}
 
 
 def _image_attributes_off_bev(heads_cfg: Mapping[str, Any], attr_cfg: Mapping[str, Any]) -> dict:
     """The det head keeps BEV sub-heads only for the attributes the image head does not read."""
     names = tuple(dict(attr_cfg).get("attributes", IMAGE_ATTRIBUTES))
-    unknown = set(names) - set(_SIZE_KEYS)
+    unknown = set(names) - set(SIZE_ARGS)
     if unknown:
-        raise ValueError(f"attribute_head.attributes: unknown {sorted(unknown)}; allowed {sorted(_SIZE_KEYS)}")
+        raise ValueError(f"attribute_head.attributes: unknown {sorted(unknown)}; allowed {sorted(SIZE_ARGS)}")
     det = heads_cfg.get("det")
     if det is None:
         raise ValueError("attribute_head reads the boxes of the det head: heads.det is required")
     if "light" in names and not det.get("traffic_light", False):
         raise ValueError("attribute_head.attributes has 'light' but heads.det.traffic_light is False")
-    bev = tuple(n for n in det.get("bev_sub_heads", ("attr", "vehicle_type", "blinker", "light")) if n not in names)
+    bev = tuple(n for n in det.get("bev_sub_heads", SUB_HEADS) if n not in names)
     return {**heads_cfg, "det": {**det, "bev_sub_heads": bev}}
 
 
 def _attribute_size(det_cfg: Mapping[str, Any], name: str) -> int:
-    key, default = _SIZE_KEYS[name]
-    return int(det_cfg.get(key, default))
+    """Size of an attribute classifier: the det head's override (``num_*``) or the vocabulary's length."""
+    return int(det_cfg.get(SIZE_ARGS[name], VOCAB.size(name)))

@@ -10,6 +10,8 @@
          colour of the extra class "traffic_light" (its own class group; not a nuScenes class,
          so it is left out of the nuScenes results and scored by tools/test.py separately)
 
+Conversion of the decoded boxes to the nuScenes results format: ``bev_mtl.data.nusc_format``.
+
 Average pooling (not a strided conv) makes output cell k cover exactly input cells
 [k s, (k + 1) s), so the output grid is the feature grid with res * s and the same range.
 Boxes are the ego-frame 9-vector of the dataset: x, y, z_center, l, w, h, yaw, vx, vy.
@@ -19,31 +21,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bev_mtl.models.det_targets import DetTargets, build_targets, circle_nms, gaussian_focal_loss
 from bev_mtl.models.map_head import GridGeometry, grid_shape
+from bev_mtl.structures.vocab import DET_CLASSES, LIGHT_CLASS, VOCAB, det_class_names
 
-__all__ = ["DEFAULT_TASKS", "CenterHead", "attribute_for_class", "conv_branch", "det_class_names", "to_nuscenes"]
+__all__ = ["DEFAULT_TASKS", "CenterHead", "SIZE_ARGS", "conv_branch"]
 
-DET_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-               "pedestrian", "traffic_cone")  # same order as bev_mtl.data.dataset.DET_CLASSES
 DEFAULT_TASKS: tuple[tuple[str, ...], ...] = (("car",), ("truck", "construction_vehicle"), ("bus", "trailer"),
                                                ("barrier",), ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone"))
 REG_BRANCHES = (("offset", 2), ("z", 1), ("size", 3), ("rot", 2), ("velocity", 2))
-SUB_HEADS = ("attr", "vehicle_type", "blinker", "light")
-LIGHT_CLASS = "traffic_light"
-
-
-def det_class_names(det_cfg: Mapping | None) -> tuple[str, ...]:
-    """The class names a ``CenterHead`` built from ``det_cfg`` predicts, in label order: its
-    ``class_names`` (default the 10 nuScenes classes) plus, with ``traffic_light``, that class last."""
-    names = tuple((det_cfg or {}).get("class_names", DET_CLASSES))
-    if (det_cfg or {}).get("traffic_light") and LIGHT_CLASS not in names:
-        names += (LIGHT_CLASS,)
-    return names
+SUB_HEADS = ("attr", "vehicle_type", "blinker", "light")  # construction order (fixes the initialisation RNG)
+# sub-head -> the CenterHead argument that overrides its size (default: its vocabulary's length)
+SIZE_ARGS = {"attr": "num_attributes", "vehicle_type": "num_vehicle_types", "blinker": "num_blinker",
+             "light": "num_light"}
 
 
 def conv_branch(cin: int, hidden: int, cout: int, bias_init: float = 0.0) -> nn.Sequential:
@@ -67,7 +60,8 @@ class CenterHead(nn.Module):
         class_names: detection classes, order of ``gt_labels`` (default: the 10 nuScenes classes).
         tasks: class groups, one heatmap + regression set each (default: CenterPoint's nuScenes groups).
         shared_channels / head_channels: widths of the shared conv and of each branch's hidden conv.
-        num_attributes / num_vehicle_types / num_blinker / num_light: sub-head sizes (``Vocabularies``).
+        num_attributes / num_vehicle_types / num_blinker / num_light: sub-head sizes (default: the
+            lengths of the ``Vocabularies`` fields, ``bev_mtl.structures.vocab``).
         traffic_light: add the class "traffic_light" (appended to ``class_names`` and as its own
             group if the names / tasks do not hold it) and the light-colour sub-head.
         bev_sub_heads: which attribute sub-heads read the BEV cell at the object's centre (of
@@ -80,10 +74,11 @@ class CenterHead(nn.Module):
 
     def __init__(self, in_channels: int, grid: GridGeometry, class_names: Sequence[str] = DET_CLASSES,
                  tasks: Sequence[Sequence[str]] = DEFAULT_TASKS, out_stride: int = 1, shared_channels: int = 64,
-                 head_channels: int = 64, num_attributes: int = 9, num_vehicle_types: int = 10, num_blinker: int = 4,
+                 head_channels: int = 64, num_attributes: int = VOCAB.size("attr"),
+                 num_vehicle_types: int = VOCAB.size("vehicle_type"), num_blinker: int = VOCAB.size("blinker"),
                  sub_hidden: int = 64, min_radius: int = 2, min_overlap: float = 0.1, prior_prob: float = 0.1,
-                 traffic_light: bool = False, num_light: int = 4,
-                 bev_sub_heads: Sequence[str] = ("attr", "vehicle_type", "blinker", "light")) -> None:
+                 traffic_light: bool = False, num_light: int = VOCAB.size("light"),
+                 bev_sub_heads: Sequence[str] = SUB_HEADS) -> None:
         super().__init__()
         self.class_names = det_class_names({"class_names": class_names, "traffic_light": traffic_light})
         self.tasks = tuple(tuple(t) for t in tasks)
@@ -121,7 +116,7 @@ class CenterHead(nn.Module):
         sizes = {"attr": num_attributes, "vehicle_type": num_vehicle_types, "blinker": num_blinker}
         if traffic_light:
             sizes["light"] = num_light
-        unknown = set(bev_sub_heads) - {"attr", "vehicle_type", "blinker", "light"}
+        unknown = set(bev_sub_heads) - set(SUB_HEADS)
         if unknown:
             raise ValueError(f"bev_sub_heads: unknown {sorted(unknown)}; allowed attr, vehicle_type, blinker, light")
         self.sub_heads = nn.ModuleDict({name: _mlp(shared_channels, sub_hidden, n) for name, n in sizes.items()
@@ -238,75 +233,3 @@ class CenterHead(nn.Module):
                      for k, v in self.sub_head_logits(shared, bidx, i, j).items()}  # [K, n]
             results.append({"boxes": boxes, "scores": scores, "labels": labels, **probs})
         return results
-
-
-# nuScenes: which attributes each detection class may carry ('' = none)
-_ATTR_PREFIX = {"car": "vehicle.", "truck": "vehicle.", "construction_vehicle": "vehicle.", "bus": "vehicle.",
-                "trailer": "vehicle.", "motorcycle": "cycle.", "bicycle": "cycle.", "pedestrian": "pedestrian.",
-                "barrier": None, "traffic_cone": None}
-
-
-def attribute_for_class(name: str, probs: np.ndarray, attr_names: Sequence[str]) -> str:
-    """Most probable attribute among those valid for class ``name`` ('' for barriers/cones)."""
-    prefix = _ATTR_PREFIX.get(name)
-    if prefix is None:
-        return ""
-    allowed = [k for k, a in enumerate(attr_names) if a.startswith(prefix)]
-    if not allowed:
-        return ""
-    return attr_names[max(allowed, key=lambda k: probs[k])]
-
-
-def to_nuscenes(decoded: dict[str, Tensor], global_T_ego: np.ndarray, bev_aug: np.ndarray | None,
-                class_names: Sequence[str], attr_names: Sequence[str], sample_token: str = "",
-                skip_vehicle_types: Sequence[int] = ()) -> list[dict]:
-    """One sample's decoded boxes (augmented-ego frame) -> nuScenes results-format dicts.
-
-    First ``bev_aug`` is undone exactly as ``augment.transform_boxes`` applied it (centre as a
-    point, size / isotropic scale, heading and velocity as vectors). Then the ego -> global step
-    inverts ``Boxes.to_ego`` exactly even for a tilted ego: there the ego yaw is the direction of
-    the global (horizontal) heading projected onto the ego xy-plane, so the global heading is the
-    horizontal unit vector perpendicular to R·(sin ψ, -cos ψ, 0) (the ego-plane normal of that
-    direction), and the global velocity solves the 2x2 system v_ego = (Rᵀ)[:2, :2] v_global.
-
-    ``skip_vehicle_types``: vehicle-type indices whose boxes are left out (the emergency types:
-    nuScenes ignores emergency-vehicle GT, so such a box could only be a false positive)."""
-    boxes = decoded["boxes"].detach().double().cpu().numpy().reshape(-1, 9)  # [K, 9]
-    if bev_aug is not None:
-        a = np.asarray(bev_aug, np.float64)
-        lin_inv = np.linalg.inv(a[:3, :3])
-        scale = abs(np.linalg.det(a[:3, :3])) ** (1.0 / 3.0)
-        heading = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6])], 1) @ lin_inv[:2, :2].T  # [K, 2]
-        boxes = np.concatenate([(boxes[:, :3] - a[:3, 3]) @ lin_inv.T, boxes[:, 3:6] / scale,
-                                np.arctan2(heading[:, 1], heading[:, 0])[:, None],
-                                boxes[:, 7:9] @ lin_inv[:2, :2].T], 1)  # [K, 9] keyframe ego frame
-    T = np.asarray(global_T_ego, np.float64)
-    R = T[:3, :3]
-    center = boxes[:, :3] @ R.T + T[:3, 3]  # [K, 3]
-    yaw_e = boxes[:, 6]
-    zeros = np.zeros_like(yaw_e)
-    m = np.stack([np.sin(yaw_e), -np.cos(yaw_e), zeros], 1) @ R.T  # [K, 3] normal of the heading plane
-    d = np.stack([m[:, 1], -m[:, 0]], 1)  # [K, 2] horizontal, perpendicular to m
-    u = (np.stack([np.cos(yaw_e), np.sin(yaw_e), zeros], 1) @ R.T)[:, :2]  # [K, 2] rough heading: fixes the sign
-    d = np.where(((d * u).sum(1) < 0)[:, None], -d, d)
-    yaw_g = np.arctan2(d[:, 1], d[:, 0])  # [K]
-    vel = np.linalg.solve(R.T[:2, :2], boxes[:, 7:9].T).T  # [K, 2]
-
-    scores = decoded["scores"].detach().cpu().numpy()
-    labels = decoded["labels"].detach().cpu().numpy()
-    attr = decoded["attr"].detach().cpu().numpy() if "attr" in decoded else np.zeros((len(boxes), len(attr_names)))
-    vtype = decoded["vehicle_type"].argmax(-1).cpu().numpy() if "vehicle_type" in decoded and len(skip_vehicle_types) \
-        else np.full(len(boxes), -1)
-    out = []
-    for k in range(len(boxes)):
-        name = class_names[int(labels[k])]
-        if name not in DET_CLASSES:  # e.g. traffic_light: not a nuScenes detection class
-            continue
-        if name == "car" and int(vtype[k]) in skip_vehicle_types:
-            continue
-        out.append({"sample_token": sample_token, "translation": center[k].tolist(),
-                    "size": [float(boxes[k, 4]), float(boxes[k, 3]), float(boxes[k, 5])],  # nuScenes: w, l, h
-                    "rotation": [math.cos(yaw_g[k] / 2), 0.0, 0.0, math.sin(yaw_g[k] / 2)],  # yaw-only [w, x, y, z]
-                    "velocity": vel[k].tolist(), "detection_name": name, "detection_score": float(scores[k]),
-                    "attribute_name": attribute_for_class(name, attr[k], attr_names)})
-    return out

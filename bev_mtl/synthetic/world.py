@@ -13,6 +13,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from bev_mtl.structures.vocab import VOCAB
+
 
 class Material(IntEnum):
     """What the ground is made of at a raster cell (drives colour and LiDAR intensity)."""
@@ -38,8 +40,9 @@ BOX_KINDS = (
     "traffic_cone", "barrier", "traffic_light", "pole", "building",
 )
 
-BLINKER_STATES = ("off", "left", "right", "hazard")
-LIGHT_STATES = ("red", "yellow", "green", "off")
+# the labels the dataset reads back: the model's vocabularies (bev_mtl.structures.vocab)
+BLINKER_STATES = VOCAB.blinker
+LIGHT_STATES = VOCAB.light
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 from bev_mtl.data.dataset import DET_CLASSES, Vocabularies, detection_names
 from bev_mtl.data.sample import Boxes
 from bev_mtl.engine.attribute_metrics import classification_report, greedy_match, gt_box_rows, recall_report
-from bev_mtl.models.det_head import to_nuscenes
+from bev_mtl.data.nusc_format import to_nuscenes
 
 
 def test_classification_report_by_hand() -> None:

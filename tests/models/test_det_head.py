@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from bev_mtl.data.dataset import DET_CLASSES, Vocabularies
+from bev_mtl.data.nusc_format import to_nuscenes
 from bev_mtl.data.sample import Boxes
 from bev_mtl.models import det_head as dh
-from bev_mtl.models.det_head import CenterHead, to_nuscenes
+from bev_mtl.models.det_head import CenterHead
 from bev_mtl.models.det_targets import circle_nms, gaussian_radius
 
 
