@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bev_mtl.models.view_transform import _inv3x3
+from bev_mtl.models.view_transform import _inv3x3, pixel_centres
 
 __all__ = ["CameraAwareDepth", "ray_geometry"]
 
@@ -39,11 +39,8 @@ def ray_geometry(pix_T_cam: Tensor, ego_T_cam: Tensor, feat_hw: tuple[int, int],
     camera's height above the ego frame's ground, and the inverse depth at which the ray meets
     the ground (x10; 0 for rays at or above the horizon). Pixel centres as in ``frustum_points``."""
     B, N = pix_T_cam.shape[:2]
-    (h, w), (H, W) = feat_hw, image_hw
-    dtype, device = pix_T_cam.dtype, pix_T_cam.device
-    u = (torch.arange(w, dtype=dtype, device=device) + 0.5) * (W / w) - 0.5  # [w]
-    v = (torch.arange(h, dtype=dtype, device=device) + 0.5) * (H / h) - 0.5  # [h]
-    pix = torch.stack([u.expand(h, w), v[:, None].expand(h, w), torch.ones(h, w, dtype=dtype, device=device)], -1)
+    h, w = feat_hw
+    pix = pixel_centres(feat_hw, image_hw, pix_T_cam)  # [h, w, 3]
     up = ego_T_cam[..., 2:3, :3] @ _inv3x3(pix_T_cam)  # [B, N, 1, 3]: ego z of the unit-depth ray
     rise = (pix.reshape(1, 1, h * w, 3) * up).sum(-1).view(B, N, h, w)  # [B, N, h, w]
     height = ego_T_cam[..., 2, 3][..., None, None].expand(B, N, h, w)  # [B, N, h, w]

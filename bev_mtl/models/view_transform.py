@@ -32,8 +32,8 @@ from torch.autograd.function import once_differentiable
 
 from ..data.geometry import grid_cells
 
-__all__ = ["BEVGrid", "DepthBins", "PoolPlan", "frustum_points", "cell_index", "build_pool_plan", "bev_pool",
-           "bev_pool_index_add", "bev_pool_dense", "BEVPool", "LiftSplat", "depth_loss"]
+__all__ = ["BEVGrid", "DepthBins", "PoolPlan", "pixel_centres", "frustum_points", "cell_index", "build_pool_plan",
+           "bev_pool", "bev_pool_index_add", "bev_pool_dense", "BEVPool", "LiftSplat", "depth_loss"]
 
 _DOT_CHUNK = 4096  # points per chunk of the backward's per-point dot product: [chunk, C] stays in L2
 
@@ -93,6 +93,15 @@ def _inv3x3(m: Tensor) -> Tensor:
     return rows / (a * rows[..., 0, :]).sum(-1)[..., None, None]  # rows of inv are (b x c, c x a, a x b) / det
 
 
+def pixel_centres(feat_hw: tuple[int, int], image_hw: tuple[int, int], like: Tensor) -> Tensor:
+    """[h, w, 3] homogeneous image pixel (u, v, 1) of every feature pixel's centre (dtype / device
+    of ``like``): feature pixel (x, y) is image pixel ((x + 0.5) * W / w - 0.5, (y + 0.5) * H / h - 0.5)."""
+    (h, w), (H, W) = feat_hw, image_hw
+    u = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) * (W / w) - 0.5  # [w]
+    v = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) * (H / h) - 0.5  # [h]
+    return torch.stack([u.expand(h, w), v[:, None].expand(h, w), torch.ones_like(u.expand(h, w))], -1)
+
+
 def frustum_points(pix_T_cam: Tensor, ego_T_cam: Tensor, bev_aug: Tensor | None, feat_hw: tuple[int, int],
                    image_hw: tuple[int, int], depth_bins: Tensor) -> Tensor:
     """Frustum points [B, N, D, h, w, 3] in the (augmented) ego frame.
@@ -102,17 +111,13 @@ def frustum_points(pix_T_cam: Tensor, ego_T_cam: Tensor, bev_aug: Tensor | None,
     Feature pixel (x, y) is image pixel ((x + 0.5) * W / w - 0.5, (y + 0.5) * H / h - 0.5).
     """
     B, N = pix_T_cam.shape[:2]
-    (h, w), (H, W), D = feat_hw, image_hw, depth_bins.shape[0]
-    dtype, device = pix_T_cam.dtype, pix_T_cam.device
-    u = (torch.arange(w, dtype=dtype, device=device) + 0.5) * (W / w) - 0.5  # [w]
-    v = (torch.arange(h, dtype=dtype, device=device) + 0.5) * (H / h) - 0.5  # [h]
-    one = torch.ones(h, w, dtype=dtype, device=device)  # [h, w]
-    pix = torch.stack([u.expand(h, w), v[:, None].expand(h, w), one], -1)  # [h, w, 3] homogeneous pixel centres
+    (h, w), D = feat_hw, depth_bins.shape[0]
+    pix = pixel_centres(feat_hw, image_hw, pix_T_cam)  # [h, w, 3]
     T = ego_T_cam if bev_aug is None else bev_aug[:, None] @ ego_T_cam  # [B, N, 4, 4] camera -> augmented ego
     # rotate the h*w unit-depth rays once, then scale by depth: D times fewer matmuls than moving every point
     ray_T_pix = T[..., :3, :3] @ _inv3x3(pix_T_cam)  # [B, N, 3, 3]
     rays = pix.reshape(1, 1, h * w, 3) @ ray_T_pix.transpose(-1, -2)  # [B, N, h*w, 3], camera z = 1
-    pts = rays[:, :, None] * depth_bins.to(dtype).view(1, 1, D, 1, 1) + T[:, :, None, None, :3, 3]  # [B, N, D, h*w, 3]
+    pts = rays[:, :, None] * depth_bins.to(pix.dtype).view(1, 1, D, 1, 1) + T[:, :, None, None, :3, 3]  # [B, N, D, h*w, 3]
     return pts.view(B, N, D, h, w, 3)
 
 
