@@ -8,10 +8,10 @@ car's bottom, a kerb, a post's foot are on that ground, and a traffic-light hous
 height z above it is at ``(z - h) / e``. BEVDepth feeds the camera parameters to its depth net for
 the same reason (per camera, through an MLP); here the cue is per pixel:
 
-    rays  [B, N, 3, h, w]  ego-frame ray of every feature pixel with camera depth 1
-          (pix_T_cam already holds the image augmentation; the ego frame's z is up from the
-          ground, as nuScenes' ego pose is)
-    geom  [B*N, 3, h, w]   ray slope e = ray_z, camera height h, ground inverse depth max(-e, 0) / h
+    rise  [B, N, h, w]     ego-frame z of every feature pixel's ray at camera depth 1 (only the
+          third row of ego_T_cam @ inv(pix_T_cam) is needed; pix_T_cam already holds the image
+          augmentation; the ego frame's z is up from the ground, as nuScenes' ego pose is)
+    geom  [B*N, 3, h, w]   rise e, camera height h, ground inverse depth max(-e, 0) / h
     logits [B*N, D, h, w] += MLP([reduced feature, geom])   (last layer zero at start: LSS's net)
 
 The geometry ignores the BEV augmentation: a rotation or a flip about the vertical leaves heights
